@@ -1,0 +1,141 @@
+"""Recovery clocks: how long the platform and its clients took to recover from a fault.
+
+Every clock starts at the injection (monotonic time) and stops at the first moment its
+condition holds; a clock still running at its limit fails the scenario with the measured
+value and the limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Literal
+
+from pydantic import BaseModel
+
+from chaos.targets.base import RecoveryProbe
+from loadtests.stream import WindowStats
+from slo.model import Verdict
+
+logger = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.02
+"""Platform probe interval: well under HAProxy's check interval, so detection adds little."""
+
+
+class ClockResult(BaseModel):
+    name: Literal["platform", "client", "slo"]
+    fault_id: str
+    verdict: Verdict
+    measured_s: float | None
+    """Seconds from injection until the condition held; None when it never did."""
+    limit_s: float
+    reason: str = ""
+
+    def message(self) -> str:
+        measured = "did not stop" if self.measured_s is None else f"{self.measured_s:.3f} s"
+        text = (
+            f"Recovery clock {self.name!r} for {self.fault_id}: {self.verdict.value.upper()}, "
+            f"measured {measured}, limit {self.limit_s:g} s"
+        )
+        return text + (f"; {self.reason}" if self.reason else "")
+
+
+class PlatformClock:
+    """Polls a target's recovery probe in a background thread from the injection on."""
+
+    def __init__(self, *, fault_id: str, probe: RecoveryProbe, limit_s: float, started_monotonic: float) -> None:
+        self.fault_id = fault_id
+        self.probe = probe
+        self.limit_s = limit_s
+        self.started = started_monotonic
+        self.stopped: float | None = None
+        self.error: str = ""
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"platform-clock-{fault_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        deadline = self.started + self.limit_s
+        while time.monotonic() < deadline:
+            try:
+                if self.probe.poll():
+                    self.stopped = time.monotonic()
+                    break
+            except Exception as error:  # noqa: BLE001 - any probe failure is recorded, the clock keeps running
+                self.error = f"{type(error).__name__}: {error}"
+                logger.warning("Platform clock of %s: probe failed: %s", self.fault_id, self.error)
+            time.sleep(POLL_INTERVAL_S)
+        self._finished.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until the clock stopped or reached its limit; return True when it has finished."""
+        return self._finished.wait(timeout_s)
+
+    def result(self) -> ClockResult:
+        if self.stopped is not None:
+            measured = self.stopped - self.started
+            return ClockResult(
+                name="platform",
+                fault_id=self.fault_id,
+                verdict=Verdict.PASS if measured <= self.limit_s else Verdict.FAIL,
+                measured_s=measured,
+                limit_s=self.limit_s,
+            )
+        reason = f"not recovered at the limit: {self.probe.describe()}"
+        if self.error:
+            reason += f"; last probe error: {self.error}"
+        return ClockResult(
+            name="platform",
+            fault_id=self.fault_id,
+            verdict=Verdict.FAIL,
+            measured_s=None,
+            limit_s=self.limit_s,
+            reason=reason,
+        )
+
+
+def client_clock(
+    *,
+    fault_id: str,
+    stats: WindowStats,
+    injected_wall: float,
+    min_success_ratio: float,
+    stability_s: int,
+    limit_s: float,
+    observed_until_wall: float,
+) -> ClockResult:
+    """Measure from per-second client statistics when the success ratio was back for good.
+
+    The clock stops at the start of the first second from which `stability_s` consecutive
+    seconds each meet the ratio. Resolution is one second, the granularity of the stream.
+    """
+    seconds = sorted(second for second in stats.seconds if second + 1 > injected_wall)
+    run_start: int | None = None
+    previous = -2
+    for second in seconds:
+        requests, failures = stats.seconds[second]
+        good = requests > 0 and (requests - failures) / requests >= min_success_ratio
+        if not good:
+            run_start = None
+            continue
+        if run_start is None or second != previous + 1:
+            run_start = second
+        previous = second
+        if second - run_start + 1 >= stability_s:
+            measured = max(0.0, run_start - injected_wall)
+            measured = min(measured, observed_until_wall - injected_wall)
+            verdict = Verdict.PASS if measured <= limit_s else Verdict.FAIL
+            return ClockResult(name="client", fault_id=fault_id, verdict=verdict, measured_s=measured, limit_s=limit_s)
+    if not seconds:
+        return ClockResult(
+            name="client", fault_id=fault_id, verdict=Verdict.INCONCLUSIVE, measured_s=None, limit_s=limit_s,
+            reason="no client statistics after the injection",
+        )  # fmt: skip
+    return ClockResult(
+        name="client", fault_id=fault_id, verdict=Verdict.FAIL, measured_s=None, limit_s=limit_s,
+        reason=f"the success ratio never stayed at or above {min_success_ratio} for {stability_s} s",
+    )  # fmt: skip

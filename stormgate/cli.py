@@ -1,0 +1,146 @@
+"""Command-line interface: `stormgate sandbox up|down|status`, `stormgate run`, `stormgate cleanup`.
+
+Exit codes of `stormgate run`, so that CI can tell a failing platform from a harness that
+could not judge it:
+
+- 0: every scenario passed;
+- 1: at least one scenario failed;
+- 2: usage error (an unknown option, an invalid scenario or setting);
+- 3: inconclusive: no data, an unreachable source or a broken load generator;
+- 4: internal error of the harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from stormgate.errors import StormgateError, UsageError
+
+EXIT_PASS = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+EXIT_INCONCLUSIVE = 3
+EXIT_INTERNAL = 4
+
+logger = logging.getLogger("stormgate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stormgate", description="Chaos and resilience certification harness.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sandbox = commands.add_parser("sandbox", help="manage the local sandbox")
+    sandbox_commands = sandbox.add_subparsers(dest="action", required=True)
+    up = sandbox_commands.add_parser("up", help="start the sandbox and wait until it is healthy")
+    up.add_argument("--name", default="default", help="sandbox name (default: default)")
+    up.add_argument("--replicas", type=int, default=3, help="number of service replicas (default: 3)")
+    up.add_argument(
+        "--startup-delay", type=float, default=0.0, help="seconds from a replica's start until it listens (default: 0)"
+    )
+    up.add_argument(
+        "--error-rate",
+        type=float,
+        default=0.0,
+        help="share of /work requests answered with HTTP 500, 0 to 1 (default: 0)",
+    )
+    up.add_argument("--lb-port", type=int, default=18080, help="load balancer port on 127.0.0.1 (default: 18080)")
+    up.add_argument("--prometheus-port", type=int, default=19090, help="Prometheus port on 127.0.0.1 (default: 19090)")
+    for action in ("down", "status"):
+        command = sandbox_commands.add_parser(action, help=f"{action} the sandbox")
+        command.add_argument("--name", default="default", help="sandbox name (default: default)")
+
+    run = commands.add_parser("run", help="run the certification suite; extra arguments go to pytest")
+    run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="pytest options, such as --seed 7 or -k replica")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        if args.command == "sandbox":
+            # `run` leaves logging to pytest's live log, which would print every line twice otherwise.
+            logging.basicConfig(
+                level=logging.DEBUG if args.verbose else logging.INFO,
+                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                stream=sys.stderr,
+            )
+            return sandbox_command(args)
+        return run_command([*unknown, *args.pytest_args])
+    except UsageError as error:
+        print(f"stormgate: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except StormgateError as error:
+        print(f"stormgate: error: {error}", file=sys.stderr)
+        return EXIT_INCONCLUSIVE
+
+
+def sandbox_command(args: argparse.Namespace) -> int:
+    from sandbox.environment import Sandbox, SandboxConfig, parse_config
+
+    if args.action == "up":
+        config = parse_config(
+            name=args.name,
+            replicas=args.replicas,
+            startup_delay_s=args.startup_delay,
+            error_rate=args.error_rate,
+            lb_port=args.lb_port,
+            prometheus_port=args.prometheus_port,
+        )
+        sandbox = Sandbox(config)
+        sandbox.up()
+        print(f"load balancer: {sandbox.lb_url}")
+        print(f"prometheus:    {sandbox.prometheus_url}")
+        return EXIT_PASS
+    if args.action == "down":
+        Sandbox(SandboxConfig(name=args.name)).down()
+        return EXIT_PASS
+    print(json.dumps(Sandbox.attach(args.name).status(), indent=2))
+    return EXIT_PASS
+
+
+def run_command(pytest_args: list[str]) -> int:
+    """Run pytest on the scenarios folder and map the run's verdict to an exit code."""
+    import pytest
+
+    scenario_dir = Path(__file__).resolve().parent.parent / "scenarios"
+    selected = [arg for arg in pytest_args if not arg.startswith("-") and Path(arg).exists()]
+    arguments = [*pytest_args] if selected else [str(scenario_dir), *pytest_args]
+    code = pytest.main(["-p", "stormgate.plugin", "--rootdir", str(scenario_dir.parent), *arguments])
+    if code in (pytest.ExitCode.USAGE_ERROR,):
+        return EXIT_USAGE
+    if code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.INTERRUPTED):
+        return EXIT_INTERNAL
+    latest = _latest_record(arguments)
+    if latest is None:
+        print("stormgate: error: the run wrote no run.json, so there is no verdict", file=sys.stderr)
+        return EXIT_INCONCLUSIVE
+    verdict = json.loads(latest.read_text())["verdict"]
+    return {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(verdict, EXIT_INCONCLUSIVE)
+
+
+def _latest_record(arguments: list[str]) -> Path | None:
+    for index, argument in enumerate(arguments):
+        if argument == "--report-dir" and index + 1 < len(arguments):
+            path = Path(arguments[index + 1]) / "run.json"
+            return path if path.exists() else None
+        if argument.startswith("--report-dir="):
+            path = Path(argument.split("=", 1)[1]) / "run.json"
+            return path if path.exists() else None
+    path = Path.cwd() / "runs" / "latest" / "run.json"
+    return path if path.exists() else None
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,288 @@
+"""Running one scenario through its phases: warmup, baseline, chaos, recovery, steady.
+
+This module only wires the layers together: load from `loadtests`, the fault from
+`chaos`, the judgement from `slo`, and the record from `reports`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from chaos.faults.instance_kill import InstanceKill, InstanceKillPlan
+from chaos.ledger import Ledger
+from chaos.targets.base import Target
+from loadtests.runner import LocustRunner
+from reports.record import PhaseWindow, ScenarioResult
+from reports.timeline import Timeline
+from slo.client import evaluate_client
+from slo.model import Phase, SloResult, Source, Verdict, combine
+from slo.prometheus import PrometheusSource
+from slo.recovery import PlatformClock, client_clock
+from stormgate.errors import FaultNotEffective, LoadGeneratorError, SafetyViolation, StormgateError
+from stormgate.scenario import ScenarioSpec
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 5.0
+LOAD_MARGIN_S = 60.0
+"""Extra Locust run time beyond the scenario's longest duration; the harness stops it earlier."""
+MAX_MISSING_SECONDS = 1
+"""Seconds of a judged phase that may lack client statistics before the phase is inconclusive."""
+RECORD_WAIT_S = 3.0
+
+
+@dataclass
+class RunContext:
+    run_id: str
+    seed: int
+    report_dir: Path
+    ledger: Ledger
+    dry_run: bool = False
+
+
+class ScenarioExecution:
+    """One run of one scenario against one target."""
+
+    def __init__(
+        self, spec: ScenarioSpec, target: Target, context: RunContext, prometheus: PrometheusSource | None
+    ) -> None:
+        self.spec = spec
+        self.target = target
+        self.context = context
+        self.prometheus = prometheus
+        self.timeline = Timeline(context.run_id)
+        self.result = ScenarioResult(name=spec.name, target=target.name, seed=context.seed)
+        self.windows: dict[Phase, tuple[float, float]] = {}
+        self.fault = InstanceKill(spec.fault)
+        self.fault_id = f"{context.run_id}/{spec.name}/1"
+        self.clock: PlatformClock | None = None
+        self.injected_wall = 0.0
+
+    # ----- entry point -----
+
+    def plan(self) -> InstanceKillPlan:
+        plan = self.fault.plan(self.target, fault_id=self.fault_id, seed=self.context.seed)
+        self.timeline.add("fault.plan", fault_id=self.fault_id, plan=plan.model_dump(mode="json"))
+        return plan
+
+    def run(self) -> ScenarioResult:
+        extra: list[Verdict] = []
+        workdir = self.context.report_dir / self.spec.name
+        load = LocustRunner(
+            host=self.target.load_url,
+            users=self.spec.load.users,
+            spawn_rate=self.spec.load.spawn_rate,
+            processes=self.spec.load.processes,
+            run_time_s=self.spec.duration_s + LOAD_MARGIN_S,
+            workdir=workdir,
+            run_id=self.context.run_id,
+        )
+        try:
+            with load:
+                load.wait_for_first_record()
+                healthy = self._run_phases(load)
+            exit_code = load.process.returncode if load.process else None
+            self.result.load = {
+                "users": self.spec.load.users,
+                "processes": self.spec.load.processes,
+                "exit_code": exit_code,
+            }
+            if healthy:
+                self._evaluate_after_run(load)
+            extra += self._check_load_health(load)
+        except LoadGeneratorError as error:
+            self.result.reasons.append(f"Load generator failed, so nothing can be judged: {error}")
+            extra.append(Verdict.INCONCLUSIVE)
+        except (FaultNotEffective, SafetyViolation) as error:
+            self.result.reasons.append(f"{type(error).__name__}: {error}")
+            extra.append(Verdict.FAIL)
+        except StormgateError as error:
+            self.result.reasons.append(f"{type(error).__name__}: {error}")
+            extra.append(Verdict.INCONCLUSIVE)
+        finally:
+            self.result.timeline = self.timeline.events
+        self.result.decide(extra)
+        logger.info("Run %s: scenario %s verdict %s.", self.context.run_id, self.spec.name, self.result.verdict.value)
+        return self.result
+
+    # ----- phases -----
+
+    def _run_phases(self, load: LocustRunner) -> bool:
+        """Run every phase; return False when the baseline gate stopped the scenario."""
+        durations = self.spec.phases
+        self._phase(load, Phase.WARMUP, durations.warmup_s)
+        self._phase(load, Phase.BASELINE, durations.baseline_s)
+        if not self._baseline_gate(load):
+            return False
+
+        plan = self.plan()
+        self._inject(plan)
+        try:
+            self._phase(load, Phase.CHAOS, durations.chaos_s, started_wall=self.injected_wall)
+            self._recovery_phase(load)
+        finally:
+            self._revert(plan)
+        self._phase(load, Phase.STEADY, durations.steady_s)
+        self._wait_for_records(load, until_wall=self.windows[Phase.STEADY][1])
+        return True
+
+    def _phase(self, load: LocustRunner, phase: Phase, duration_s: float, *, started_wall: float | None = None) -> None:
+        start_wall = started_wall if started_wall is not None else time.time()
+        end_wall = start_wall + duration_s
+        self.timeline.add("phase.start", phase=phase.value)
+        logger.info("Run %s: %s phase %s for %.0f s.", self.context.run_id, self.spec.name, phase.value, duration_s)
+        next_progress = time.monotonic() + PROGRESS_INTERVAL_S
+        while (remaining_s := end_wall - time.time()) > 0:
+            time.sleep(min(0.25, remaining_s))
+            load.check_alive()
+            load.stream.poll()
+            if time.monotonic() >= next_progress:
+                next_progress += PROGRESS_INTERVAL_S
+                done = load.stream.window(start_wall, time.time())
+                logger.info(
+                    "Run %s: %s %s %.0f/%.0f s, %d requests, %d failed.",
+                    self.context.run_id, self.spec.name, phase.value,
+                    time.time() - start_wall, duration_s, done.requests, done.failures,
+                )  # fmt: skip
+        self.windows[phase] = (start_wall, end_wall)
+        self.timeline.add("phase.end", phase=phase.value)
+
+    def _baseline_gate(self, load: LocustRunner) -> bool:
+        """Judge the baseline; False means "not healthy before chaos" and nothing is injected."""
+        end = self.windows[Phase.BASELINE][1]
+        self._wait_for_records(load, until_wall=end)
+        results = self._evaluate_phase(load, Phase.BASELINE)
+        self.result.slos.extend(results)
+        gate = combine([result.verdict for result in results])
+        if gate == Verdict.PASS:
+            return True
+        self.result.reasons.append(
+            f"Not healthy before chaos: the baseline did not meet its SLOs ({gate.value}), so no fault was injected."
+        )
+        logger.warning(
+            "Run %s: %s is not healthy before chaos; skipping the fault.", self.context.run_id, self.spec.name
+        )
+        return False
+
+    def _inject(self, plan: InstanceKillPlan) -> None:
+        self.context.ledger.record_injecting(
+            fault_id=plan.fault_id, run_id=self.context.run_id, target=self.target.name, kind=plan.kind,
+            plan=plan.model_dump(mode="json"),
+        )  # fmt: skip
+        self.injected_wall = time.time()
+        injected_monotonic = time.monotonic()
+        self.fault.inject(self.target, plan)
+        self.timeline.add(
+            "fault.inject", fault_id=plan.fault_id, instances=[instance.name for instance in plan.instances]
+        )
+        logger.info(
+            "Run %s: injected %s on %s.", self.context.run_id, plan.fault_id, ", ".join(i.name for i in plan.instances)
+        )
+        self.clock = PlatformClock(
+            fault_id=plan.fault_id,
+            probe=self.target.recovery_probe(plan.instances),
+            limit_s=self.spec.recovery.platform_s,
+            started_monotonic=injected_monotonic,
+        )
+        self.clock.start()
+        self.fault.verify(self.target, plan)
+        self.timeline.add("fault.verify", fault_id=plan.fault_id, effective=True)
+        self.result.faults.append(plan.model_dump(mode="json"))
+
+    def _recovery_phase(self, load: LocustRunner) -> None:
+        assert self.clock is not None
+        start_wall = time.time()
+        self.timeline.add("phase.start", phase=Phase.RECOVERY.value)
+        while not self.clock.wait(0.25):
+            load.check_alive()
+            load.stream.poll()
+        self.windows[Phase.RECOVERY] = (start_wall, time.time())
+        self.timeline.add("phase.end", phase=Phase.RECOVERY.value)
+        clock = self.clock.result()
+        self.timeline.add("clock.stop", clock="platform", fault_id=clock.fault_id, measured_s=clock.measured_s)
+        self.result.clocks.append(clock)
+        logger.info("Run %s: %s", self.context.run_id, clock.message())
+
+    def _revert(self, plan: InstanceKillPlan) -> None:
+        started = self.fault.revert(self.target, plan)
+        for entry in self.context.ledger.open_entries(self.target.name):
+            if entry.fault_id == plan.fault_id:
+                self.context.ledger.record_reverted(entry)
+        self.timeline.add("fault.revert", fault_id=plan.fault_id, restarted=started)
+
+    # ----- judgement -----
+
+    def _wait_for_records(self, load: LocustRunner, *, until_wall: float) -> None:
+        """Wait until the client statistics cover the second that contains `until_wall`."""
+        deadline = time.monotonic() + RECORD_WAIT_S
+        while time.monotonic() < deadline:
+            load.stream.poll()
+            latest = load.stream.latest_second()
+            if latest is not None and latest + 1 >= until_wall:
+                return
+            time.sleep(0.1)
+
+    def _evaluate_phase(self, load: LocustRunner, phase: Phase) -> list[SloResult]:
+        start, end = self.windows[phase]
+        results = []
+        stats = load.stream.window(start, end)
+        for spec in self.spec.slos:
+            if phase not in spec.phases:
+                continue
+            if spec.source == Source.CLIENT:
+                results.append(evaluate_client(spec, phase, stats, start=start, end=end))
+            elif self.prometheus is None:
+                results.append(
+                    SloResult(
+                        slo=spec.name, phase=phase, source=Source.PROMETHEUS, verdict=Verdict.INCONCLUSIVE,
+                        objective=spec.objective_text(), measured=None, window_start=start, window_end=end,
+                        reason="no Prometheus URL is configured; pass --prometheus-url",
+                    )
+                )  # fmt: skip
+            else:
+                results.append(self.prometheus.evaluate(spec, phase, start=start, end=end))
+        for result in results:
+            logger.info("Run %s: %s", self.context.run_id, result.message())
+        return results
+
+    def _evaluate_after_run(self, load: LocustRunner) -> None:
+        for phase in (Phase.CHAOS, Phase.RECOVERY, Phase.STEADY):
+            start, end = self.windows.get(phase, (0.0, 0.0))
+            if end - start < 2.0:
+                # The platform recovered inside the chaos window, so there is no recovery phase to judge.
+                continue
+            self.result.slos.extend(self._evaluate_phase(load, phase))
+        recovery = self.spec.recovery
+        stats = load.stream.window(self.injected_wall - 1, time.time())
+        clock = client_clock(
+            fault_id=self.fault_id,
+            stats=stats,
+            injected_wall=self.injected_wall,
+            min_success_ratio=recovery.client_min_success_ratio,
+            stability_s=recovery.stability_s,
+            limit_s=recovery.client_s,
+            observed_until_wall=self.windows[Phase.STEADY][1],
+        )
+        self.result.clocks.append(clock)
+        logger.info("Run %s: %s", self.context.run_id, clock.message())
+
+    def _check_load_health(self, load: LocustRunner) -> list[Verdict]:
+        """Return INCONCLUSIVE for each judged phase in which the generator left gaps."""
+        verdicts = []
+        for phase, (start, end) in self.windows.items():
+            stats = load.stream.window(start, end)
+            expected = int(end - start)
+            missing = expected - len(stats.seconds)
+            self.result.phases.append(
+                PhaseWindow(phase=phase.value, start=start, end=end, requests=stats.requests, failures=stats.failures)
+            )
+            if phase != Phase.WARMUP and missing > MAX_MISSING_SECONDS:
+                self.result.reasons.append(
+                    f"Load generator wrote no statistics for {missing} of {expected} s in phase {phase.value}; "
+                    "it was stalled or overloaded, so the phase cannot be judged."
+                )
+                verdicts.append(Verdict.INCONCLUSIVE)
+        return verdicts

@@ -1,0 +1,199 @@
+"""pytest plugin of stormgate: options, fixtures, markers and the run record.
+
+The repository's conftest.py loads it; elsewhere use ``pytest -p stormgate.plugin``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from chaos.ledger import Ledger
+from chaos.targets.sandbox import SandboxTarget
+from reports.record import RunRecord, ScenarioResult
+from reports.summary import render_summary
+from sandbox.environment import Sandbox, SandboxConfig, state_root
+from slo.model import Verdict
+from slo.prometheus import PrometheusSource
+from stormgate.cleanup import revert_leftovers
+from stormgate.errors import StormgateError
+from stormgate.execution import RunContext, ScenarioExecution
+from stormgate.scenario import ScenarioSpec, load_scenario
+
+logger = logging.getLogger(__name__)
+
+SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+@dataclass
+class RunState:
+    """Plugin state of one pytest session, kept in the config stash."""
+
+    run_id: str
+    report_dir: Path
+    record: RunRecord
+    seed: int
+    dry_run: bool
+    judged: set[str] = field(default_factory=set)
+    """Node ids of scenario tests that produced a result."""
+    has_scenarios: bool = False
+
+
+RUN_STATE = pytest.StashKey[RunState]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("stormgate", "stormgate certification")
+    group.addoption("--target", default="sandbox", choices=["sandbox"], help="platform to certify (default: sandbox)")
+    group.addoption("--sandbox-name", default="default", help="name of the sandbox to use or start (default: default)")
+    group.addoption(
+        "--prometheus-url", default=None, help="Prometheus base URL for PromQL SLOs (default: the target's own)"
+    )
+    group.addoption(
+        "--report-dir",
+        default=None,
+        help="folder for run.json and the evidence of each scenario (default: runs/<run id>)",
+    )
+    group.addoption(
+        "--seed", type=int, default=None, help="seed of every random choice, recorded in run.json (default: random)"
+    )
+    group.addoption("--dry-run", action="store_true", help="print every fault's plan and touch nothing")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "scenario(name): a certification scenario; its result goes into run.json")
+    config.addinivalue_line("markers", "sandbox: needs root and the sandbox's system packages")
+    run_id = new_run_id()
+    option = config.getoption("--report-dir")
+    report_dir = Path(option) if option else Path.cwd() / "runs" / run_id
+    seed = config.getoption("--seed")
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    record = RunRecord(run_id=run_id, seed=seed, started_at=time.time(), dry_run=config.getoption("--dry-run"))
+    config.stash[RUN_STATE] = RunState(run_id, report_dir, record, seed, record.dry_run)
+
+
+@pytest.fixture(scope="session")
+def stormgate_run(pytestconfig: pytest.Config) -> RunState:
+    """State of this certification run: run id, seed, report folder and record."""
+    return pytestconfig.stash[RUN_STATE]
+
+
+@pytest.fixture(scope="session")
+def stormgate_target(pytestconfig: pytest.Config, stormgate_run: RunState) -> Iterator[SandboxTarget]:
+    """The target to certify: the named sandbox, started for this session unless it runs already."""
+    name = pytestconfig.getoption("--sandbox-name")
+    started_here = False
+    try:
+        sandbox = Sandbox.attach(name)
+        sandbox.wait_ready(timeout_s=10.0)
+    except StormgateError:
+        sandbox = Sandbox(SandboxConfig(name=name))
+        sandbox.up()
+        started_here = True
+    target = SandboxTarget(sandbox)
+    stormgate_run.record.target = target.name
+    revert_leftovers(Ledger(state_root() / "ledger.jsonl"), target)
+    try:
+        yield target
+    finally:
+        if started_here:
+            sandbox.down()
+
+
+@pytest.fixture
+def certify(
+    request: pytest.FixtureRequest,
+    pytestconfig: pytest.Config,
+    stormgate_run: RunState,
+    stormgate_target: SandboxTarget,
+) -> Callable[[ScenarioSpec | str], ScenarioResult]:
+    """Run a scenario (a spec or a YAML file name in scenarios/) and fail the test unless it passes."""
+
+    def run(scenario: ScenarioSpec | str) -> ScenarioResult:
+        spec = scenario if isinstance(scenario, ScenarioSpec) else load_scenario(SCENARIO_DIR / scenario)
+        context = RunContext(
+            run_id=stormgate_run.run_id,
+            seed=stormgate_run.seed,
+            report_dir=stormgate_run.report_dir,
+            ledger=Ledger(state_root() / "ledger.jsonl"),
+            dry_run=stormgate_run.dry_run,
+        )
+        prometheus_url = pytestconfig.getoption("--prometheus-url") or stormgate_target.prometheus_url
+        prometheus = PrometheusSource(
+            prometheus_url,
+            scrape_interval_s=stormgate_target.sandbox.config.scrape_interval_s,
+            coverage_selector='up{job="haproxy"}',
+        )
+        execution = ScenarioExecution(spec, stormgate_target, context, prometheus)
+        if stormgate_run.dry_run:
+            plan = execution.plan()
+            pytest.skip(f"dry run of {spec.name}: would inject {plan.model_dump_json()}")
+        result = execution.run()
+        stormgate_run.record.scenarios.append(result)
+        stormgate_run.judged.add(request.node.nodeid)
+        if result.verdict == Verdict.FAIL:
+            pytest.fail(f"Scenario {spec.name} FAILED:\n  " + "\n  ".join(result.reasons), pytrace=False)
+        if result.verdict == Verdict.INCONCLUSIVE:
+            pytest.fail(
+                f"Scenario {spec.name} is INCONCLUSIVE (not a pass):\n  " + "\n  ".join(result.reasons), pytrace=False
+            )
+        return result
+
+    return run
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    config.stash[RUN_STATE].has_scenarios = any(item.get_closest_marker("scenario") for item in items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    state = item.config.stash[RUN_STATE]
+    # A scenario test that failed before its scenario produced a result (a sandbox that did
+    # not start, an invalid scenario file) must still count against the run's verdict.
+    if report.failed and item.get_closest_marker("scenario") and item.nodeid not in state.judged:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        message = crash.message if crash is not None else report.longreprtext[-800:]
+        state.record.errors.append(f"{item.nodeid} ({report.when}): {message}")
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(RUN_STATE, None)
+    if state is None or not state.has_scenarios:
+        return
+    state.record.finished_at = time.time()
+    state.record.finish()
+    state.record.write(state.report_dir)
+    latest = state.report_dir.parent / "latest"
+    if state.report_dir.parent.name == "runs":
+        try:
+            if latest.is_symlink() or latest.exists():
+                latest.unlink()
+            latest.symlink_to(state.report_dir.name)
+        except OSError as error:
+            logger.warning("Could not point %s at %s: %s", latest, state.report_dir, error)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(RUN_STATE, None)
+    if state is None or not state.has_scenarios:
+        return
+    terminalreporter.write_sep("=", "stormgate verdict")
+    for line in render_summary(state.record, state.report_dir / "run.json"):
+        terminalreporter.write_line(line)

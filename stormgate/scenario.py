@@ -1,0 +1,95 @@
+"""Scenario specifications: a load profile, a fault, SLOs per phase and recovery limits.
+
+Scenarios are YAML files in `scenarios/` or `ScenarioSpec` objects built in Python; both
+are validated the same way, and an invalid one names the file, the field and the value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from chaos.faults.instance_kill import InstanceKillSpec
+from slo.model import SloSpec
+from stormgate.errors import InvalidScenario
+
+
+class LoadSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    users: int = Field(default=50, ge=1, le=100_000)
+    """Simulated users; each sends one request per second, so this is also the request rate."""
+    spawn_rate: float = Field(default=50.0, gt=0.0)
+    """Users started per second during warmup."""
+    processes: int = Field(default=1, ge=1, le=64)
+    """Locust processes on this machine (`locust --processes`)."""
+
+
+class PhaseDurations(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    warmup_s: float = Field(default=5.0, ge=0.0)
+    baseline_s: float = Field(default=15.0, ge=2.0)
+    chaos_s: float = Field(default=10.0, ge=2.0)
+    """Observation window that starts at the injection."""
+    steady_s: float = Field(default=15.0, ge=2.0)
+
+
+class RecoveryLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    platform_s: float = Field(default=20.0, gt=0.0)
+    """Maximum time from injection until every instance is ready again."""
+    client_s: float = Field(default=20.0, gt=0.0)
+    """Maximum time from injection until clients see the SLO again for `stability_s`."""
+    client_min_success_ratio: float = Field(default=0.99, gt=0.0, le=1.0)
+    stability_s: int = Field(default=3, ge=1)
+
+
+class ScenarioSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    description: str = ""
+    load: LoadSpec = LoadSpec()
+    phases: PhaseDurations = PhaseDurations()
+    fault: InstanceKillSpec
+    slos: list[SloSpec] = Field(min_length=1)
+    recovery: RecoveryLimits = RecoveryLimits()
+
+    @property
+    def duration_s(self) -> float:
+        """Longest time the scenario can take: every phase plus the recovery limit."""
+        phases = self.phases
+        recovery_s = max(self.recovery.platform_s, self.recovery.client_s)
+        return phases.warmup_s + phases.baseline_s + max(phases.chaos_s, recovery_s) + phases.steady_s
+
+
+def load_scenario(path: Path) -> ScenarioSpec:
+    """Read and validate a scenario YAML file; raise InvalidScenario naming the file and field."""
+    try:
+        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise InvalidScenario(f"Scenario file {path} cannot be read: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise InvalidScenario(f"Scenario file {path} is not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise InvalidScenario(f"Scenario file {path} must contain a mapping, such as 'name: replica-loss'")
+    try:
+        return ScenarioSpec.model_validate(data)
+    except ValidationError as error:
+        raise InvalidScenario(describe_validation_error(path, error)) from error
+
+
+def describe_validation_error(path: Path, error: ValidationError) -> str:
+    lines = [f"Scenario file {path} is invalid:"]
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown option; remove it or check its spelling")
+        else:
+            lines.append(f"  {field}: {problem['msg']} (got {problem.get('input')!r})")
+    return "\n".join(lines)
