@@ -135,11 +135,11 @@ def replicas_of(config: SandboxConfig) -> list[Replica]:
 
 
 def find_binary(name: str, package: str) -> str:
-    """Return the path of a system binary, or raise MissingDependency with the install command."""
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
+    """Return the path of a system binary on PATH, or raise MissingDependency with the install command."""
+    found = shutil.which(name)
     if found is None:
         raise MissingDependency(
-            f"The sandbox needs the '{name}' binary, which was not found on PATH or in /usr/sbin. "
+            f"The sandbox needs the '{name}' binary, which was not found on PATH ({os.environ.get('PATH', '')}). "
             f"Install it with: apt-get install -y {package}"
         )
     return found
