@@ -60,6 +60,8 @@ class ScenarioExecution:
         self.fault_id = f"{context.run_id}/{spec.name}/1"
         self.clock: PlatformClock | None = None
         self.injected_wall = 0.0
+        self.active_plan: InstanceKillPlan | None = None
+        self.aborted = False
 
     # ----- entry point -----
 
@@ -104,6 +106,8 @@ class ScenarioExecution:
             extra.append(Verdict.INCONCLUSIVE)
         finally:
             self.result.timeline = self.timeline.events
+        if self.aborted:
+            extra.append(Verdict.FAIL)
         self.result.decide(extra)
         logger.info("Run %s: scenario %s verdict %s.", self.context.run_id, self.spec.name, self.result.verdict.value)
         return self.result
@@ -139,6 +143,8 @@ class ScenarioExecution:
             time.sleep(min(0.25, remaining_s))
             load.check_alive()
             load.stream.poll()
+            if phase == Phase.CHAOS and self._kill_switch_tripped(load):
+                break
             if time.monotonic() >= next_progress:
                 next_progress += PROGRESS_INTERVAL_S
                 done = load.stream.window(start_wall, time.time())
@@ -147,7 +153,7 @@ class ScenarioExecution:
                     self.context.run_id, self.spec.name, phase.value,
                     time.time() - start_wall, duration_s, done.requests, done.failures,
                 )  # fmt: skip
-        self.windows[phase] = (start_wall, end_wall)
+        self.windows[phase] = (start_wall, min(end_wall, time.time()))
         self.timeline.add("phase.end", phase=phase.value)
 
     def _baseline_gate(self, load: LocustRunner) -> bool:
@@ -174,6 +180,7 @@ class ScenarioExecution:
         )  # fmt: skip
         self.injected_wall = time.time()
         injected_monotonic = time.monotonic()
+        self.active_plan = plan
         self.fault.inject(self.target, plan)
         self.timeline.add(
             "fault.inject", fault_id=plan.fault_id, instances=[instance.name for instance in plan.instances]
@@ -206,7 +213,35 @@ class ScenarioExecution:
         self.result.clocks.append(clock)
         logger.info("Run %s: %s", self.context.run_id, clock.message())
 
+    def _kill_switch_tripped(self, load: LocustRunner) -> bool:
+        """Revert the fault at once when clients fall below the hard floor; return True if it tripped."""
+        switch = self.spec.kill_switch
+        if switch is None or self.aborted or self.active_plan is None:
+            return False
+        # Only complete seconds: the current one is still filling up.
+        last_complete = int(time.time())
+        stats = load.stream.window(last_complete - switch.window_s, last_complete)
+        if len(stats.seconds) < switch.window_s or stats.requests == 0:
+            return False
+        if stats.success_ratio >= switch.min_success_ratio:
+            return False
+        self.aborted = True
+        reason = (
+            f"Kill switch: client success ratio {stats.success_ratio:.4f} over the last {switch.window_s} s "
+            f"fell below the hard floor {switch.min_success_ratio} in phase chaos, "
+            f"{time.time() - self.injected_wall:.1f} s after the injection; "
+            "the chaos was aborted and the fault reverted."
+        )
+        logger.error("Run %s: %s", self.context.run_id, reason)
+        self.result.reasons.append(reason)
+        self.timeline.add("killswitch.trip", success_ratio=stats.success_ratio, floor=switch.min_success_ratio)
+        self._revert(self.active_plan)
+        return True
+
     def _revert(self, plan: InstanceKillPlan) -> None:
+        if self.active_plan is None:
+            return
+        self.active_plan = None
         started = self.fault.revert(self.target, plan)
         for entry in self.context.ledger.open_entries(self.target.name):
             if entry.fault_id == plan.fault_id:

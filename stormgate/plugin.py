@@ -17,6 +17,8 @@ import pytest
 
 from chaos.ledger import Ledger
 from chaos.targets.sandbox import SandboxTarget
+from reports.history import append_history
+from reports.html import write_html
 from reports.record import RunRecord, ScenarioResult
 from reports.summary import render_summary
 from sandbox.environment import Sandbox, SandboxConfig, state_root
@@ -25,7 +27,7 @@ from slo.prometheus import PrometheusSource
 from stormgate.cleanup import revert_leftovers
 from stormgate.errors import StormgateError
 from stormgate.execution import RunContext, ScenarioExecution
-from stormgate.scenario import ScenarioSpec, load_scenario
+from stormgate.scenario import DEFAULT_PROFILE, ScenarioSpec, load_scenario
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--seed", type=int, default=None, help="seed of every random choice, recorded in run.json (default: random)"
     )
     group.addoption("--dry-run", action="store_true", help="print every fault's plan and touch nothing")
+    group.addoption(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        help=f"scenario profile: {DEFAULT_PROFILE} (minutes) or nightly (longer phases) (default: {DEFAULT_PROFILE})",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -122,7 +129,11 @@ def certify(
     """Run a scenario (a spec or a YAML file name in scenarios/) and fail the test unless it passes."""
 
     def run(scenario: ScenarioSpec | str) -> ScenarioResult:
-        spec = scenario if isinstance(scenario, ScenarioSpec) else load_scenario(SCENARIO_DIR / scenario)
+        spec = (
+            scenario
+            if isinstance(scenario, ScenarioSpec)
+            else load_scenario(SCENARIO_DIR / scenario, profile=pytestconfig.getoption("--profile"))
+        )
         context = RunContext(
             run_id=stormgate_run.run_id,
             seed=stormgate_run.seed,
@@ -143,6 +154,10 @@ def certify(
         result = execution.run()
         stormgate_run.record.scenarios.append(result)
         stormgate_run.judged.add(request.node.nodeid)
+        # JUnit XML carries these as <property> elements, so CI dashboards see the verdict.
+        request.node.user_properties.append(("stormgate_verdict", result.verdict.value))
+        for clock in result.clocks:
+            request.node.user_properties.append((f"recovery_{clock.name}_s", clock.measured_s))
         if result.verdict == Verdict.FAIL:
             pytest.fail(f"Scenario {spec.name} FAILED:\n  " + "\n  ".join(result.reasons), pytrace=False)
         if result.verdict == Verdict.INCONCLUSIVE:
@@ -180,6 +195,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state.record.finished_at = time.time()
     state.record.finish()
     state.record.write(state.report_dir)
+    write_html(state.record, state.report_dir)
+    append_history(state.record, state.report_dir.parent / "history.jsonl")
     latest = state.report_dir.parent / "latest"
     if state.report_dir.parent.name == "runs":
         try:

@@ -16,6 +16,9 @@ from chaos.faults.instance_kill import InstanceKillSpec
 from slo.model import SloSpec
 from stormgate.errors import InvalidScenario
 
+DEFAULT_PROFILE = "quick"
+"""Profile of `make certify`: short phases that keep the suite within minutes."""
+
 
 class LoadSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -49,6 +52,16 @@ class RecoveryLimits(BaseModel):
     stability_s: int = Field(default=3, ge=1)
 
 
+class KillSwitch(BaseModel):
+    """Hard floor on what clients see during chaos: below it the fault is reverted at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_success_ratio: float = Field(gt=0.0, le=1.0)
+    """Client success ratio, over the last `window_s` complete seconds, that aborts the chaos."""
+    window_s: int = Field(default=3, ge=1, le=60)
+
+
 class ScenarioSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -59,6 +72,9 @@ class ScenarioSpec(BaseModel):
     fault: InstanceKillSpec
     slos: list[SloSpec] = Field(min_length=1)
     recovery: RecoveryLimits = RecoveryLimits()
+    kill_switch: KillSwitch | None = None
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Named overrides, such as `nightly` with longer phases; chosen with --profile."""
 
     @property
     def duration_s(self) -> float:
@@ -68,8 +84,23 @@ class ScenarioSpec(BaseModel):
         return phases.warmup_s + phases.baseline_s + max(phases.chaos_s, recovery_s) + phases.steady_s
 
 
-def load_scenario(path: Path) -> ScenarioSpec:
-    """Read and validate a scenario YAML file; raise InvalidScenario naming the file and field."""
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return `base` with `override` merged in, mappings merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_scenario(path: Path, *, profile: str = DEFAULT_PROFILE) -> ScenarioSpec:
+    """Read and validate a scenario YAML file; raise InvalidScenario naming the file and field.
+
+    A profile other than the default applies the file's `profiles.<name>` overrides; a
+    scenario without that profile runs with its own settings.
+    """
     try:
         data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
@@ -78,6 +109,9 @@ def load_scenario(path: Path) -> ScenarioSpec:
         raise InvalidScenario(f"Scenario file {path} is not valid YAML: {error}") from error
     if not isinstance(data, dict):
         raise InvalidScenario(f"Scenario file {path} must contain a mapping, such as 'name: replica-loss'")
+    profiles = data.get("profiles") or {}
+    if profile != DEFAULT_PROFILE and isinstance(profiles, dict) and isinstance(profiles.get(profile), dict):
+        data = merge(data, profiles[profile])
     try:
         return ScenarioSpec.model_validate(data)
     except ValidationError as error:
