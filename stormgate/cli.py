@@ -113,7 +113,9 @@ def run_command(pytest_args: list[str]) -> int:
     scenario_dir = Path(__file__).resolve().parent.parent / "scenarios"
     selected = [arg for arg in pytest_args if not arg.startswith("-") and Path(arg).exists()]
     arguments = [*pytest_args] if selected else [str(scenario_dir), *pytest_args]
-    code = pytest.main(["-p", "stormgate.plugin", "--rootdir", str(scenario_dir.parent), *arguments])
+    # INFO shows the progress of every phase while the suite runs.
+    options = ["-p", "stormgate.plugin", "--rootdir", str(scenario_dir.parent), "-o", "log_cli_level=INFO"]
+    code = pytest.main([*options, *arguments])
     if code in (pytest.ExitCode.USAGE_ERROR,):
         return EXIT_USAGE
     if code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.INTERRUPTED):
