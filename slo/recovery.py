@@ -7,7 +7,9 @@ value and the limit.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import threading
 import time
 from typing import Literal
@@ -139,3 +141,60 @@ def client_clock(
         name="client", fault_id=fault_id, verdict=Verdict.FAIL, measured_s=None, limit_s=limit_s,
         reason=f"the success ratio never stayed at or above {min_success_ratio} for {stability_s} s",
     )  # fmt: skip
+
+
+def first_stable_time(points: list[tuple[float, float]], *, threshold: float, stability_s: float) -> float | None:
+    """Return the timestamp from which every point meets `threshold` for at least `stability_s`.
+
+    Points are (timestamp, value) pairs in time order; NaN values and gaps longer than
+    twice the typical step break a run, because nothing is known about those moments.
+    """
+    if len(points) < 2:
+        return None
+    steps = sorted(later[0] - earlier[0] for earlier, later in itertools.pairwise(points))
+    max_gap_s = 2 * steps[len(steps) // 2]
+    run_start: float | None = None
+    previous_time: float | None = None
+    for timestamp, value in points:
+        good = not math.isnan(value) and value >= threshold
+        if previous_time is not None and timestamp - previous_time > max_gap_s:
+            run_start = None
+        previous_time = timestamp
+        if not good:
+            run_start = None
+            continue
+        if run_start is None:
+            run_start = timestamp
+        if timestamp - run_start >= stability_s:
+            return run_start
+    return None
+
+
+def slo_clock(
+    *,
+    fault_id: str,
+    points: list[tuple[float, float]],
+    injected_wall: float,
+    min_success_ratio: float,
+    stability_s: float,
+    limit_s: float,
+    observed_until_wall: float,
+    query: str,
+) -> ClockResult:
+    """Measure from a PromQL success-ratio series when the SLO was back for good."""
+    after = [(timestamp, value) for timestamp, value in points if timestamp >= injected_wall]
+    if len(after) < 2:
+        return ClockResult(
+            name="slo", fault_id=fault_id, verdict=Verdict.INCONCLUSIVE, measured_s=None, limit_s=limit_s,
+            reason=f"Prometheus returned {len(after)} points after the injection; query: {query}",
+        )  # fmt: skip
+    recovered_at = first_stable_time(after, threshold=min_success_ratio, stability_s=stability_s)
+    if recovered_at is None:
+        return ClockResult(
+            name="slo", fault_id=fault_id, verdict=Verdict.FAIL, measured_s=None, limit_s=limit_s,
+            reason=f"the PromQL success ratio never stayed at or above {min_success_ratio} for {stability_s:g} s; "
+            f"query: {query}",
+        )  # fmt: skip
+    measured = min(recovered_at - injected_wall, observed_until_wall - injected_wall)
+    verdict = Verdict.PASS if measured <= limit_s else Verdict.FAIL
+    return ClockResult(name="slo", fault_id=fault_id, verdict=verdict, measured_s=measured, limit_s=limit_s)

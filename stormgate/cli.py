@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
         command = sandbox_commands.add_parser(action, help=f"{action} the sandbox")
         command.add_argument("--name", default="default", help="sandbox name (default: default)")
 
+    cleanup = commands.add_parser(
+        "cleanup", help="revert faults that a crashed run left on the sandbox, and print what was reverted"
+    )
+    cleanup.add_argument("--sandbox-name", default="default", help="sandbox to clean up (default: default)")
+    cleanup.add_argument(
+        "--ledger", type=Path, default=None, help="ledger file of injections (default: <state dir>/ledger.jsonl)"
+    )
+
     run = commands.add_parser("run", help="run the certification suite; extra arguments go to pytest")
     run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="pytest options, such as --seed 7 or -k replica")
     return parser
@@ -73,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                 stream=sys.stderr,
             )
             return sandbox_command(args)
+        if args.command == "cleanup":
+            return cleanup_command(args)
         return run_command([*unknown, *args.pytest_args])
     except UsageError as error:
         print(f"stormgate: error: {error}", file=sys.stderr)
@@ -104,6 +114,25 @@ def sandbox_command(args: argparse.Namespace) -> int:
         return EXIT_PASS
     print(json.dumps(Sandbox.attach(args.name).status(), indent=2))
     return EXIT_PASS
+
+
+def cleanup_command(args: argparse.Namespace) -> int:
+    """Revert the sandbox's leftover faults from the ledger and its stormgate iptables rules."""
+    from chaos.ledger import Ledger
+    from chaos.targets.sandbox import SandboxTarget
+    from sandbox.environment import Sandbox, state_root
+    from stormgate.cleanup import revert_leftovers
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    ledger = Ledger(args.ledger or state_root() / "ledger.jsonl")
+    report = revert_leftovers(ledger, SandboxTarget(Sandbox.attach(args.sandbox_name)))
+    for line in report.lines():
+        print(line)
+    return EXIT_INTERNAL if report.failed else EXIT_PASS
 
 
 def run_command(pytest_args: list[str]) -> int:

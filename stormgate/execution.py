@@ -9,7 +9,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+
+import requests
+from prometheus_api_client.exceptions import PrometheusApiClientException
 
 from chaos.faults.instance_kill import InstanceKill, InstanceKillPlan
 from chaos.ledger import Ledger
@@ -20,7 +24,7 @@ from reports.timeline import Timeline
 from slo.client import evaluate_client
 from slo.model import Phase, SloResult, Source, Verdict, combine
 from slo.prometheus import PrometheusSource
-from slo.recovery import PlatformClock, client_clock
+from slo.recovery import ClockResult, PlatformClock, client_clock, slo_clock
 from stormgate.errors import FaultNotEffective, LoadGeneratorError, SafetyViolation, StormgateError
 from stormgate.scenario import ScenarioSpec
 
@@ -303,6 +307,56 @@ class ScenarioExecution:
         )
         self.result.clocks.append(clock)
         logger.info("Run %s: %s", self.context.run_id, clock.message())
+        slo = self._slo_clock()
+        if slo is not None:
+            self.result.clocks.append(slo)
+            logger.info("Run %s: %s", self.context.run_id, slo.message())
+
+    def _slo_clock(self) -> ClockResult | None:
+        """Follow the scenario's Prometheus availability SLO from the injection until it holds again."""
+        recovery = self.spec.recovery
+        candidates = [
+            spec
+            for spec in self.spec.slos
+            if spec.source == Source.PROMETHEUS and spec.kind == "availability" and spec.prometheus is not None
+        ]
+        if recovery.slo is not None:
+            candidates = [spec for spec in candidates if spec.name == recovery.slo]
+        if not candidates or self.prometheus is None:
+            return None
+        spec = candidates[0]
+        assert spec.prometheus is not None
+        # Three scrape intervals per rate window: increase() needs two samples, one more absorbs jitter.
+        window_s = max(3, int(3 * self.prometheus.scrape_interval_s))
+        errors = f"sum(increase({spec.prometheus.errors}[{window_s}s]))"
+        total = f"sum(increase({spec.prometheus.total}[{window_s}s]))"
+        query = f"1 - {errors} / {total}"
+        end = self.windows[Phase.STEADY][1]
+        self.prometheus.wait_for_scrape_after(end)
+        try:
+            series = self.prometheus.client.custom_query_range(
+                query,
+                start_time=datetime.fromtimestamp(self.injected_wall, UTC),
+                end_time=datetime.fromtimestamp(end, UTC),
+                step=f"{self.prometheus.scrape_interval_s:g}s",
+            )
+        except (requests.RequestException, PrometheusApiClientException) as error:
+            return ClockResult(
+                name="slo", fault_id=self.fault_id, verdict=Verdict.INCONCLUSIVE, measured_s=None,
+                limit_s=recovery.slo_s, reason=f"Prometheus failed to answer: {str(error)[:300]}; query: {query}",
+            )  # fmt: skip
+        points = [(float(stamp), float(value)) for sample in series for stamp, value in sample["values"]]
+        # The series holds the errors up to `window_s` in the past, so it lags the clients by the window.
+        return slo_clock(
+            fault_id=self.fault_id,
+            points=[(stamp - window_s, value) for stamp, value in sorted(points)],
+            injected_wall=self.injected_wall,
+            min_success_ratio=spec.min_success_ratio or 1.0,
+            stability_s=recovery.stability_s,
+            limit_s=recovery.slo_s,
+            observed_until_wall=end,
+            query=query,
+        )
 
     def _check_load_health(self, load: LocustRunner) -> list[Verdict]:
         """Return INCONCLUSIVE for each judged phase in which the generator left gaps."""

@@ -50,6 +50,11 @@ class RecoveryLimits(BaseModel):
     """Maximum time from injection until clients see the SLO again for `stability_s`."""
     client_min_success_ratio: float = Field(default=0.99, gt=0.0, le=1.0)
     stability_s: int = Field(default=3, ge=1)
+    """Seconds the client and slo conditions must hold before their clocks stop."""
+    slo_s: float = Field(default=20.0, gt=0.0)
+    """Maximum time from injection until the PromQL success ratio is back within `slo`'s target."""
+    slo: str | None = None
+    """Name of the Prometheus availability SLO the slo clock follows; default: the first one."""
 
 
 class KillSwitch(BaseModel):

@@ -49,7 +49,7 @@ def test_healthy_sandbox_passes_with_evidence(make_sandbox: Callable[..., Sandbo
     assert result.verdict == Verdict.PASS, result.reasons
     judged_phases = {slo.phase for slo in result.slos}
     assert {Phase.BASELINE, Phase.CHAOS, Phase.STEADY} <= judged_phases
-    assert {clock.name for clock in result.clocks} == {"platform", "client"}
+    assert {clock.name for clock in result.clocks} == {"platform", "client", "slo"}
     assert [event.kind for event in result.timeline if event.kind.startswith("fault.")] == [
         "fault.plan",
         "fault.inject",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from loadtests.stream import WindowStats
 from slo.model import Verdict, combine
-from slo.recovery import client_clock
+from slo.recovery import client_clock, first_stable_time, slo_clock
 
 
 @pytest.mark.parametrize(
@@ -86,3 +90,35 @@ def test_client_clock_never_exceeds_observed_time() -> None:
 
     assert result.measured_s is not None
     assert result.measured_s <= 1.5
+
+
+def test_first_stable_time_needs_the_full_stability_period() -> None:
+    points = [(0.0, 0.5), (1.0, 1.0), (2.0, 1.0), (3.0, 0.2), (4.0, 1.0), (5.0, 1.0), (6.0, 1.0), (7.0, 1.0)]
+
+    assert first_stable_time(points, threshold=0.99, stability_s=3) == 4.0
+    assert first_stable_time(points, threshold=0.99, stability_s=4) is None
+
+
+def test_first_stable_time_treats_nan_and_gaps_as_unknown() -> None:
+    with_nan = [(0.0, 1.0), (1.0, math.nan), (2.0, 1.0), (3.0, 1.0), (4.0, 1.0)]
+    with_gap = [(0.0, 1.0), (1.0, 1.0), (2.0, 1.0), (9.0, 1.0), (10.0, 1.0), (11.0, 1.0)]
+
+    assert first_stable_time(with_nan, threshold=0.99, stability_s=2) == 2.0
+    assert first_stable_time(with_gap, threshold=0.99, stability_s=2) == 0.0
+    assert first_stable_time(with_gap, threshold=0.99, stability_s=3) is None
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=2, max_size=60), st.integers(1, 10))
+def test_slo_clock_never_exceeds_observed_time(values: list[float], stability_s: int) -> None:
+    points = [(100.0 + index, value) for index, value in enumerate(values)]
+    observed_until = points[-1][0]
+
+    result = slo_clock(
+        fault_id="f", points=points, injected_wall=100.0, min_success_ratio=0.9, stability_s=stability_s,
+        limit_s=30, observed_until_wall=observed_until, query="q",
+    )  # fmt: skip
+
+    if result.measured_s is not None:
+        assert 0.0 <= result.measured_s <= observed_until - 100.0
+    else:
+        assert result.verdict == Verdict.FAIL
