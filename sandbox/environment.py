@@ -8,7 +8,7 @@ HAProxy runs on the host and reaches into the namespace with its `namespace` key
 which makes the load balancer and Prometheus reachable on the host's loopback.
 
 NOTE: the sandbox needs root for `ip netns`. A rootless variant in a user namespace is
-not built yet; as a non-root user `up` stops with an error that says so.
+not built yet, so as a non-root user `up` raises SandboxError with that reason.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class SandboxConfig(BaseModel):
     startup_delay_s: float = Field(default=0.0, ge=0.0, le=600.0)
     """Seconds from the start of a replica process until it listens."""
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    """Share of /work requests that every replica answers with HTTP 500."""
+    """Share of /work requests to which every replica responds with HTTP 500."""
     lb_port: int = Field(default=18080, ge=1, le=65535)
     """Host port of the load balancer, on 127.0.0.1."""
     prometheus_port: int = Field(default=19090, ge=1, le=65535)
@@ -87,7 +87,7 @@ class SandboxConfig(BaseModel):
 
     @property
     def detection_time_s(self) -> float:
-        """Longest time HAProxy needs to see a replica that came back: rise checks, one interval each."""
+        """Maximum time HAProxy needs to mark a restarted replica UP: `check_rise` checks, one interval each."""
         return self.check_rise * self.check_interval_ms / 1000.0
 
 
@@ -336,7 +336,7 @@ class Sandbox:
             with urllib.request.urlopen(url, timeout=2.0) as response:
                 payload = json.load(response)
         except (urllib.error.URLError, OSError) as error:
-            raise SandboxError(f"Prometheus at {self.prometheus_url} did not answer: {error}") from error
+            raise SandboxError(f"Prometheus at {self.prometheus_url} did not respond: {error}") from error
         return list(payload["data"]["result"])
 
     def status(self) -> dict[str, Any]:

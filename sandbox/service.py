@@ -1,9 +1,9 @@
 """Demo HTTP service that the sandbox runs in several replicas.
 
 Endpoints:
-- ``/work``: does a little CPU work and answers 200, or 500 for the configured share
-  of requests;
-- ``/healthz``: answers 200 once the service listens;
+- ``/work``: does a little CPU work and responds with 200, or with 500 for the
+  configured share of requests;
+- ``/healthz``: responds with 200 once the service listens;
 - ``/metrics``: Prometheus metrics (request counter by endpoint and status, latency
   histogram).
 
@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="seconds from process start until the service listens",
     )
-    parser.add_argument("--error-rate", type=float, default=0.0, help="share of /work requests answered 500")
+    parser.add_argument(
+        "--error-rate", type=float, default=0.0, help="share of /work requests that get HTTP 500, from 0 to 1"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 

@@ -1,7 +1,7 @@
 """Recovery clocks: how long the platform and its clients took to recover from a fault.
 
 Every clock starts at the injection (monotonic time) and stops at the first moment its
-condition holds; a clock still running at its limit fails the scenario with the measured
+condition is met. A clock still running at its limit fails the scenario with the measured
 value and the limit.
 """
 

@@ -313,7 +313,7 @@ class ScenarioExecution:
             logger.info("Run %s: %s", self.context.run_id, slo.message())
 
     def _slo_clock(self) -> ClockResult | None:
-        """Follow the scenario's Prometheus availability SLO from the injection until it holds again."""
+        """Measure the slo clock: from the injection until the Prometheus availability SLO is met again."""
         recovery = self.spec.recovery
         candidates = [
             spec
@@ -346,7 +346,7 @@ class ScenarioExecution:
                 limit_s=recovery.slo_s, reason=f"Prometheus failed to answer: {str(error)[:300]}; query: {query}",
             )  # fmt: skip
         points = [(float(stamp), float(value)) for sample in series for stamp, value in sample["values"]]
-        # The series holds the errors up to `window_s` in the past, so it lags the clients by the window.
+        # Each point counts the errors of the `window_s` before it, so the series lags the clients by the window.
         return slo_clock(
             fault_id=self.fault_id,
             points=[(stamp - window_s, value) for stamp, value in sorted(points)],

@@ -99,7 +99,7 @@ def stormgate_run(pytestconfig: pytest.Config) -> RunState:
 
 @pytest.fixture(scope="session")
 def stormgate_target(pytestconfig: pytest.Config, stormgate_run: RunState) -> Iterator[SandboxTarget]:
-    """The target to certify: the named sandbox, started for this session unless it runs already."""
+    """Provide the target to certify: the named sandbox, started for this session unless it is running."""
     name = pytestconfig.getoption("--sandbox-name")
     started_here = False
     try:

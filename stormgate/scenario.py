@@ -1,7 +1,7 @@
 """Scenario specifications: a load profile, a fault, SLOs per phase and recovery limits.
 
-Scenarios are YAML files in `scenarios/` or `ScenarioSpec` objects built in Python; both
-are validated the same way, and an invalid one names the file, the field and the value.
+Scenarios are YAML files in `scenarios/` or `ScenarioSpec` objects built in Python. Both
+are validated the same way, and the error for an invalid one names the file, the field and the value.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class ScenarioSpec(BaseModel):
 
     @property
     def duration_s(self) -> float:
-        """Longest time the scenario can take: every phase plus the recovery limit."""
+        """Maximum duration of the scenario: every phase, with the chaos phase stretched to the recovery limit."""
         phases = self.phases
         recovery_s = max(self.recovery.platform_s, self.recovery.client_s)
         return phases.warmup_s + phases.baseline_s + max(phases.chaos_s, recovery_s) + phases.steady_s
