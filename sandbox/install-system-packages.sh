@@ -3,7 +3,7 @@
 # As root it installs them; otherwise it prints the exact command and exits with status 1.
 set -euo pipefail
 
-packages=(haproxy prometheus iptables iproute2 wrk)
+packages=(haproxy prometheus iptables iproute2 wrk openssl)
 missing=()
 for package in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
