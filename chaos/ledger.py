@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -45,18 +45,21 @@ class Ledger:
             # The entry must be on disk before the fault acts, or a crash could lose it.
             os.fsync(journal.fileno())
 
-    def record_injecting(self, *, fault_id: str, run_id: str, target: str, kind: str, plan: dict[str, Any]) -> None:
-        self._append(
-            LedgerEntry(
-                fault_id=fault_id,
-                run_id=run_id,
-                target=target,
-                kind=kind,
-                plan=plan,
-                state="injecting",
-                wall_time=time.time(),
-            )
+    def record_injecting(
+        self, *, fault_id: str, run_id: str, target: str, kind: str, plan: dict[str, Any]
+    ) -> LedgerEntry:
+        """Append the injection and return once it is on disk; call before the fault touches anything."""
+        entry = LedgerEntry(
+            fault_id=fault_id,
+            run_id=run_id,
+            target=target,
+            kind=kind,
+            plan=plan,
+            state="injecting",
+            wall_time=time.time(),
         )
+        self._append(entry)
+        return entry
 
     def record_reverted(self, entry: LedgerEntry) -> None:
         self._append(entry.model_copy(update={"state": "reverted", "wall_time": time.time()}))
@@ -65,9 +68,15 @@ class Ledger:
         if not self.path.exists():
             return []
         entries = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
                 entries.append(LedgerEntry.model_validate_json(line))
+            except ValidationError as error:
+                # A crash in the middle of an append leaves a torn last line. Its fault never
+                # acted, because every fault waits for its entry to reach the disk.
+                logger.warning("Ledger %s line %d is unreadable and skipped: %s", self.path, number, error)
         return entries
 
     def open_entries(self, target: str | None = None) -> list[LedgerEntry]:

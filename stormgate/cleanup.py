@@ -7,8 +7,8 @@ Two sources, so that a lost or damaged ledger still leaves nothing active:
 2. marks on what faults touch: every iptables rule in the target's network namespace whose
    comment starts with `stormgate:` is deleted.
 
-NOTE: a cleanup reverts every open fault of the target, including one of a run that is still
-going on the same target; two runs must not share one target at the same time.
+NOTE: a cleanup reverts every open fault of the target, even one of a run that is still going
+on. So two runs must not share one target at the same time.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class FailedLeftover(BaseModel):
 
 
 class CleanupReport(BaseModel):
-    """What a cleanup reverted on one target, and what it could not."""
+    """Outcome of a cleanup on one target: faults reverted, stray rules deleted, and failures."""
 
     target: str
     reverted: list[RevertedLeftover] = Field(default_factory=list)
@@ -71,8 +71,8 @@ def revert_leftovers(ledger: Ledger, target: Target) -> CleanupReport:
         try:
             fault = fault_for_kind(entry.kind)
         except StormgateError as error:
-            # An entry that no fault kind can read cannot be reverted; marking it keeps it from
-            # failing every later run, and the error log keeps the evidence.
+            # No fault kind can revert this entry. Marking it keeps it from failing every later
+            # run, and the error log keeps the evidence.
             logger.error(
                 "Ledger entry %s of run %s: %s; marking it reverted unchanged.", entry.fault_id, entry.run_id, error
             )

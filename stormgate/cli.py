@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--error-rate",
         type=float,
         default=0.0,
-        help="share of /work requests answered with HTTP 500, 0 to 1 (default: 0)",
+        help="share of /work requests that get HTTP 500, from 0 to 1 (default: 0)",
     )
     up.add_argument("--lb-port", type=int, default=18080, help="load balancer port on 127.0.0.1 (default: 18080)")
     up.add_argument("--prometheus-port", type=int, default=19090, help="Prometheus port on 127.0.0.1 (default: 19090)")

@@ -16,6 +16,9 @@ class Instance(BaseModel):
     """Process id for targets that run local processes; 0 elsewhere."""
     started_at: float = 0.0
     """Start time in seconds since the Unix epoch, used to pick the oldest instances."""
+    host: str = ""
+    """Address the instance listens on, for faults that act on the network; empty when unknown."""
+    port: int = 0
 
 
 class RecoveryProbe(Protocol):
@@ -53,4 +56,17 @@ class Target(Protocol):
 
     def ensure_running(self, instance_name: str) -> bool:
         """Start the instance if it is not running; return True if it had to be started."""
+        ...
+
+
+class NetworkTarget(Target, Protocol):
+    """A target whose instances share one Linux network namespace that iptables can act on."""
+
+    network_namespace: str
+    """Name of the namespace as `ip netns list` prints it."""
+    lb_source_address: str
+    """Source address of the load balancer's traffic and health checks as the instances see it."""
+
+    def backend_status(self) -> dict[str, str]:
+        """Return the load balancer's status of every instance by name, such as "UP" or "DOWN"."""
         ...

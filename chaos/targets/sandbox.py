@@ -23,11 +23,16 @@ class SandboxRecoveryProbe:
     faster than that, after it has been running for `fall` check intervals.
     """
 
-    def __init__(self, sandbox: Sandbox, killed: list[Instance]) -> None:
+    def __init__(self, sandbox: Sandbox, killed: list[Instance], *, expect_restart: bool = True) -> None:
         self.sandbox = sandbox
         self.killed = {instance.name: instance.pid for instance in killed}
         self.loss_seen: set[str] = set()
         self.replaced_at: dict[str, float] = {}
+        if not expect_restart:
+            # A partition leaves the process running: the replica counts as "replaced" from the
+            # start, so recovery only waits for HAProxy to have seen the loss and the return.
+            started = time.monotonic()
+            self.replaced_at = {name: started for name in self.killed}
         self.last_state = "not polled yet"
 
     def poll(self) -> bool:
@@ -66,13 +71,27 @@ class SandboxTarget:
         self.name = f"sandbox/{sandbox.config.name}"
         self.load_url = sandbox.lb_url
         self.prometheus_url = sandbox.prometheus_url
+        self.network_namespace = sandbox.config.netns
+        # HAProxy (through its `namespace` keyword) and Prometheus both connect to the replicas
+        # from 127.0.0.1 inside the namespace, as `ip netns exec <ns> ss -tn` shows. So a rule on
+        # this source cuts a replica off from the load balancer and from scraping alike.
+        self.lb_source_address = "127.0.0.1"
 
     def instances(self) -> list[Instance]:
-        replica_names = {replica.name for replica in self.sandbox.replicas}
+        replicas = {replica.name: replica for replica in self.sandbox.replicas}
         instances = []
         for process in self.sandbox.processes():
-            if process.name in replica_names and process.state == "RUNNING" and process.pid:
-                instances.append(Instance(name=process.name, pid=process.pid, started_at=_process_start(process.pid)))
+            replica = replicas.get(process.name)
+            if replica is not None and process.state == "RUNNING" and process.pid:
+                instances.append(
+                    Instance(
+                        name=process.name,
+                        pid=process.pid,
+                        started_at=_process_start(process.pid),
+                        host=replica.address,
+                        port=replica.port,
+                    )
+                )
         return sorted(instances, key=lambda instance: instance.name)
 
     def protected_instances(self) -> set[str]:
@@ -87,8 +106,12 @@ class SandboxTarget:
         current = self.sandbox.replica_pids().get(instance.name, 0)
         return current != instance.pid
 
-    def recovery_probe(self, killed: list[Instance]) -> SandboxRecoveryProbe:
-        return SandboxRecoveryProbe(self.sandbox, killed)
+    def recovery_probe(self, killed: list[Instance], *, expect_restart: bool = True) -> SandboxRecoveryProbe:
+        """Return a probe of platform recovery; pass expect_restart=False when the processes were not killed."""
+        return SandboxRecoveryProbe(self.sandbox, killed, expect_restart=expect_restart)
+
+    def backend_status(self) -> dict[str, str]:
+        return {server.name: server.status for server in self.sandbox.servers()}
 
     def ensure_running(self, instance_name: str) -> bool:
         states = {process.name: process.state for process in self.sandbox.processes()}
