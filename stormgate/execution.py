@@ -11,11 +11,13 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import requests
 from prometheus_api_client.exceptions import PrometheusApiClientException
 
-from chaos.faults.instance_kill import InstanceKill, InstanceKillPlan
+from chaos.faults import Fault, FaultPlan, TrafficFlood, TrafficFloodSpec, build_fault
+from chaos.guard import FaultGuard
 from chaos.ledger import Ledger
 from chaos.targets.base import Target
 from loadtests.runner import LocustRunner
@@ -60,18 +62,29 @@ class ScenarioExecution:
         self.timeline = Timeline(context.run_id)
         self.result = ScenarioResult(name=spec.name, target=target.name, seed=context.seed)
         self.windows: dict[Phase, tuple[float, float]] = {}
-        self.fault = InstanceKill(spec.fault)
         self.fault_id = f"{context.run_id}/{spec.name}/1"
+        self.fault: Fault[Any] | None = None
+        self.guard: FaultGuard | None = None
         self.clock: PlatformClock | None = None
         self.injected_wall = 0.0
-        self.active_plan: InstanceKillPlan | None = None
+        self.clock_start_wall = 0.0
+        """When the recovery clocks start: the injection of a one-off fault, the end of a lasting one."""
         self.aborted = False
+        self.baseline_rps: float | None = None
 
     # ----- entry point -----
 
-    def plan(self) -> InstanceKillPlan:
-        plan = self.fault.plan(self.target, fault_id=self.fault_id, seed=self.context.seed)
-        self.timeline.add("fault.plan", fault_id=self.fault_id, plan=plan.model_dump(mode="json"))
+    def plan(self) -> FaultPlan:
+        """Build the fault and compute its plan; touches nothing, so a dry run can print it."""
+        spec = self.spec.fault
+        if isinstance(spec, TrafficFloodSpec):
+            workdir = self.context.report_dir / self.spec.name / "flood"
+            self.fault = TrafficFlood(spec, baseline_rps=self.baseline_rps, workdir_root=workdir)
+        else:
+            self.fault = build_fault(spec)
+        plan: FaultPlan = self.fault.plan(
+            self.target, fault_id=self.fault_id, seed=self.context.seed, run_id=self.context.run_id
+        )
         return plan
 
     def run(self) -> ScenarioResult:
@@ -127,27 +140,35 @@ class ScenarioExecution:
             return False
 
         plan = self.plan()
-        self._inject(plan)
-        try:
-            self._phase(load, Phase.CHAOS, durations.chaos_s, started_wall=self.injected_wall)
-            self._recovery_phase(load)
-        finally:
-            self._revert(plan)
+        self._chaos_phase(load, plan)
+        self._recovery_phase(load)
         self._phase(load, Phase.STEADY, durations.steady_s)
         self._wait_for_records(load, until_wall=self.windows[Phase.STEADY][1])
         return True
 
-    def _phase(self, load: LocustRunner, phase: Phase, duration_s: float, *, started_wall: float | None = None) -> None:
+    def _phase(
+        self,
+        load: LocustRunner,
+        phase: Phase,
+        duration_s: float,
+        *,
+        started_wall: float | None = None,
+        guard: FaultGuard | None = None,
+    ) -> None:
         start_wall = started_wall if started_wall is not None else time.time()
         end_wall = start_wall + duration_s
         self.timeline.add("phase.start", phase=phase.value)
         logger.info("Run %s: %s phase %s for %.0f s.", self.context.run_id, self.spec.name, phase.value, duration_s)
         next_progress = time.monotonic() + PROGRESS_INTERVAL_S
         while (remaining_s := end_wall - time.time()) > 0:
-            time.sleep(min(0.25, remaining_s))
+            if guard is not None and guard.active:
+                # Raises FaultNotEffective as soon as a later round of a lasting fault fails.
+                guard.wait(min(0.25, remaining_s))
+            else:
+                time.sleep(min(0.25, remaining_s))
             load.check_alive()
             load.stream.poll()
-            if phase == Phase.CHAOS and self._kill_switch_tripped(load):
+            if guard is not None and self._kill_switch_tripped(load, guard):
                 break
             if time.monotonic() >= next_progress:
                 next_progress += PROGRESS_INTERVAL_S
@@ -162,8 +183,10 @@ class ScenarioExecution:
 
     def _baseline_gate(self, load: LocustRunner) -> bool:
         """Judge the baseline; False means "not healthy before chaos" and nothing is injected."""
-        end = self.windows[Phase.BASELINE][1]
+        start, end = self.windows[Phase.BASELINE]
         self._wait_for_records(load, until_wall=end)
+        baseline = load.stream.window(start, end)
+        self.baseline_rps = baseline.requests / max(1.0, end - start)
         results = self._evaluate_phase(load, Phase.BASELINE)
         self.result.slos.extend(results)
         gate = combine([result.verdict for result in results])
@@ -177,31 +200,46 @@ class ScenarioExecution:
         )
         return False
 
-    def _inject(self, plan: InstanceKillPlan) -> None:
-        self.context.ledger.record_injecting(
-            fault_id=plan.fault_id, run_id=self.context.run_id, target=self.target.name, kind=plan.kind,
-            plan=plan.model_dump(mode="json"),
+    def _chaos_phase(self, load: LocustRunner, plan: FaultPlan) -> None:
+        """Inject, verify and hold the fault for the chaos phase; the guard reverts it on every exit path."""
+        assert self.fault is not None
+        guard = FaultGuard(
+            self.context.ledger, self.target, self.fault, plan,
+            run_id=self.context.run_id, timeline=self.timeline, verify=False,
         )  # fmt: skip
-        self.injected_wall = time.time()
-        injected_monotonic = time.monotonic()
-        self.active_plan = plan
-        self.fault.inject(self.target, plan)
-        self.timeline.add(
-            "fault.inject", fault_id=plan.fault_id, instances=[instance.name for instance in plan.instances]
+        self.guard = guard
+        lasting = plan.duration_s is not None
+        with guard:
+            assert guard.inject_result is not None
+            self.injected_wall = guard.inject_result.wall_time
+            if not lasting:
+                # A one-off fault such as a single kill: recovery starts the moment it strikes.
+                self.clock_start_wall = self.injected_wall
+                self._start_platform_clock(plan, started_monotonic=guard.inject_result.monotonic_time)
+            guard.verify()
+            self._phase(load, Phase.CHAOS, self.spec.phases.chaos_s, started_wall=self.injected_wall, guard=guard)
+        self.result.faults.append(
+            {
+                "plan": plan.model_dump(mode="json"),
+                "inject": guard.inject_result.model_dump(mode="json") if guard.inject_result else None,
+                "verify": guard.verify_result.model_dump(mode="json") if guard.verify_result else None,
+                "revert": guard.revert_result.model_dump(mode="json") if guard.revert_result else None,
+                "reverted_by": guard.reverted_by,
+            }
         )
-        logger.info(
-            "Run %s: injected %s on %s.", self.context.run_id, plan.fault_id, ", ".join(i.name for i in plan.instances)
-        )
+        if lasting:
+            # A lasting fault (partition, flood, repeated kills): the platform can only recover once it ends.
+            self.clock_start_wall = time.time()
+            self._start_platform_clock(plan, started_monotonic=time.monotonic())
+
+    def _start_platform_clock(self, plan: FaultPlan, *, started_monotonic: float) -> None:
         self.clock = PlatformClock(
             fault_id=plan.fault_id,
-            probe=self.target.recovery_probe(plan.instances),
+            probe=self.target.recovery_probe(plan.instances, expect_restart=plan.restarts_instances),
             limit_s=self.spec.recovery.platform_s,
-            started_monotonic=injected_monotonic,
+            started_monotonic=started_monotonic,
         )
         self.clock.start()
-        self.fault.verify(self.target, plan)
-        self.timeline.add("fault.verify", fault_id=plan.fault_id, effective=True)
-        self.result.faults.append(plan.model_dump(mode="json"))
 
     def _recovery_phase(self, load: LocustRunner) -> None:
         assert self.clock is not None
@@ -217,10 +255,10 @@ class ScenarioExecution:
         self.result.clocks.append(clock)
         logger.info("Run %s: %s", self.context.run_id, clock.message())
 
-    def _kill_switch_tripped(self, load: LocustRunner) -> bool:
+    def _kill_switch_tripped(self, load: LocustRunner, guard: FaultGuard) -> bool:
         """Revert the fault at once when clients fall below the hard floor; return True if it tripped."""
         switch = self.spec.kill_switch
-        if switch is None or self.aborted or self.active_plan is None:
+        if switch is None or self.aborted:
             return False
         # Only complete seconds: the current one is still filling up.
         last_complete = int(time.time())
@@ -239,18 +277,8 @@ class ScenarioExecution:
         logger.error("Run %s: %s", self.context.run_id, reason)
         self.result.reasons.append(reason)
         self.timeline.add("killswitch.trip", success_ratio=stats.success_ratio, floor=switch.min_success_ratio)
-        self._revert(self.active_plan)
+        guard.revert(reason="kill switch")
         return True
-
-    def _revert(self, plan: InstanceKillPlan) -> None:
-        if self.active_plan is None:
-            return
-        self.active_plan = None
-        started = self.fault.revert(self.target, plan)
-        for entry in self.context.ledger.open_entries(self.target.name):
-            if entry.fault_id == plan.fault_id:
-                self.context.ledger.record_reverted(entry)
-        self.timeline.add("fault.revert", fault_id=plan.fault_id, restarted=started)
 
     # ----- judgement -----
 
@@ -295,11 +323,11 @@ class ScenarioExecution:
                 continue
             self.result.slos.extend(self._evaluate_phase(load, phase))
         recovery = self.spec.recovery
-        stats = load.stream.window(self.injected_wall - 1, time.time())
+        stats = load.stream.window(self.clock_start_wall - 1, time.time())
         clock = client_clock(
             fault_id=self.fault_id,
             stats=stats,
-            injected_wall=self.injected_wall,
+            injected_wall=self.clock_start_wall,
             min_success_ratio=recovery.client_min_success_ratio,
             stability_s=recovery.stability_s,
             limit_s=recovery.client_s,
@@ -336,7 +364,7 @@ class ScenarioExecution:
         try:
             series = self.prometheus.client.custom_query_range(
                 query,
-                start_time=datetime.fromtimestamp(self.injected_wall, UTC),
+                start_time=datetime.fromtimestamp(self.clock_start_wall, UTC),
                 end_time=datetime.fromtimestamp(end, UTC),
                 step=f"{self.prometheus.scrape_interval_s:g}s",
             )
@@ -350,7 +378,7 @@ class ScenarioExecution:
         return slo_clock(
             fault_id=self.fault_id,
             points=[(stamp - window_s, value) for stamp, value in sorted(points)],
-            injected_wall=self.injected_wall,
+            injected_wall=self.clock_start_wall,
             min_success_ratio=spec.min_success_ratio or 1.0,
             stability_s=recovery.stability_s,
             limit_s=recovery.slo_s,

@@ -150,7 +150,7 @@ def certify(
         execution = ScenarioExecution(spec, stormgate_target, context, prometheus)
         if stormgate_run.dry_run:
             plan = execution.plan()
-            pytest.skip(f"dry run of {spec.name}: would inject {plan.model_dump_json()}")
+            pytest.skip(f"dry run of {spec.name}, nothing injected: {plan.describe()}")
         result = execution.run()
         stormgate_run.record.scenarios.append(result)
         stormgate_run.judged.add(request.node.nodeid)

@@ -52,7 +52,13 @@ class Target(Protocol):
         """Return True when this exact instance (name and pid) no longer runs."""
         ...
 
-    def recovery_probe(self, killed: list[Instance]) -> RecoveryProbe: ...
+    def recovery_probe(self, killed: list[Instance], *, expect_restart: bool = True) -> RecoveryProbe:
+        """Return a probe of platform recovery after a fault that touched `killed`.
+
+        With `expect_restart`, the touched instances count as recovered only once they were
+        replaced (new process or pod); without it, once they are ready again.
+        """
+        ...
 
     def ensure_running(self, instance_name: str) -> bool:
         """Start the instance if it is not running; return True if it had to be started."""
