@@ -1,42 +1,54 @@
-"""Evaluation of SLOs from the load generator's own statistics."""
+"""Evaluation of SLOs from the load generator's own statistics, where every request is counted."""
 
 from __future__ import annotations
 
 import math
 
 from loadtests.stream import WindowStats
-from slo.model import Phase, SloResult, SloSpec, Source, Verdict
+from slo.burn import budget_used_share, burn_rate
+from slo.counters import error_ratio
+from slo.model import DEFAULT_PERIOD, Phase, SloResult, SloSpec, Source, Verdict
 
 
 def evaluate_client(spec: SloSpec, phase: Phase, stats: WindowStats, *, start: float, end: float) -> SloResult:
     """Judge one SLO over one phase window of client statistics; no request is inconclusive."""
-    if spec.kind == "availability":
-        measured = stats.success_ratio
-        passed = not math.isnan(measured) and measured >= (spec.min_success_ratio or 1.0)
-    else:
-        measured = stats.latency_ms(spec.quantile or 1.0)
-        passed = not math.isnan(measured) and measured <= (spec.max_latency_ms or 0.0)
-
-    reason = ""
-    if stats.requests == 0:
-        verdict = Verdict.INCONCLUSIVE
-        reason = "the load generator recorded no request in this window"
-    elif passed:
-        verdict = Verdict.PASS
-    else:
-        verdict = Verdict.FAIL
-        if stats.failure_kinds:
-            kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(stats.failure_kinds.items()))
-            reason = f"{stats.failures} of {stats.requests} requests failed ({kinds})"
-    return SloResult(
+    result = SloResult(
         slo=spec.name,
         phase=phase,
         source=Source.CLIENT,
-        verdict=verdict,
+        verdict=Verdict.INCONCLUSIVE,
         objective=spec.objective_text(),
-        measured=None if math.isnan(measured) else measured,
+        measured=None,
         samples=stats.requests,
         window_start=start,
         window_end=end,
-        reason=reason,
     )
+    if stats.requests == 0:
+        result.reason = "the load generator recorded no request in this window"
+        return result
+
+    if spec.kind == "availability":
+        measured = stats.success_ratio
+        passed = measured >= (spec.min_success_ratio or 1.0)
+    elif spec.kind == "burn-rate":
+        assert spec.target is not None and spec.max_burn_rate is not None
+        measured = burn_rate(error_ratio(stats.failures, stats.requests), spec.target)
+        passed = measured <= spec.max_burn_rate
+        result.budget_used_share = budget_used_share(measured, window_s=end - start, period_s=spec.period_s)
+        result.reason = (
+            f"{stats.failures} of {stats.requests} requests failed; the window used "
+            f"{result.budget_used_share:.4%} of the {spec.period or DEFAULT_PERIOD} error budget"
+        )
+    else:
+        measured = stats.latency_ms(spec.quantile or 1.0)
+        passed = measured <= (spec.max_latency_ms or 0.0)
+
+    if math.isnan(measured):
+        result.reason = "the client statistics gave NaN for this window"
+        return result
+    result.measured = measured
+    result.verdict = Verdict.PASS if passed else Verdict.FAIL
+    if result.verdict == Verdict.FAIL and stats.failure_kinds and spec.kind != "burn-rate":
+        kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(stats.failure_kinds.items()))
+        result.reason = f"{stats.failures} of {stats.requests} requests failed ({kinds})"
+    return result
