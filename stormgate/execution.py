@@ -208,7 +208,8 @@ class ScenarioExecution:
             run_id=self.context.run_id, timeline=self.timeline, verify=False,
         )  # fmt: skip
         self.guard = guard
-        lasting = plan.duration_s is not None
+        # Only a single kill is over the moment it strikes; every other fault lasts until it ends or is reverted.
+        lasting = plan.duration_s is not None or not plan.restarts_instances
         with guard:
             assert guard.inject_result is not None
             self.injected_wall = guard.inject_result.wall_time

@@ -60,6 +60,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--target", default="sandbox", choices=["sandbox"], help="platform to certify (default: sandbox)")
     group.addoption("--sandbox-name", default="default", help="name of the sandbox to use or start (default: default)")
     group.addoption(
+        "--sandbox-replicas",
+        type=int,
+        default=4,
+        help="replicas of a sandbox that the run starts itself; 4 lets half of them fail (default: 4)",
+    )
+    group.addoption(
         "--prometheus-url", default=None, help="Prometheus base URL for PromQL SLOs (default: the target's own)"
     )
     group.addoption(
@@ -106,7 +112,7 @@ def stormgate_target(pytestconfig: pytest.Config, stormgate_run: RunState) -> It
         sandbox = Sandbox.attach(name)
         sandbox.wait_ready(timeout_s=10.0)
     except StormgateError:
-        sandbox = Sandbox(SandboxConfig(name=name))
+        sandbox = Sandbox(SandboxConfig(name=name, replicas=pytestconfig.getoption("--sandbox-replicas")))
         sandbox.up()
         started_here = True
     target = SandboxTarget(sandbox)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from chaos.faults.instance_kill import InstanceKillSpec
+from chaos.faults import FaultSpec
 from slo.model import SloSpec
 from stormgate.errors import InvalidScenario
 
@@ -74,12 +74,22 @@ class ScenarioSpec(BaseModel):
     description: str = ""
     load: LoadSpec = LoadSpec()
     phases: PhaseDurations = PhaseDurations()
-    fault: InstanceKillSpec
+    fault: FaultSpec
     slos: list[SloSpec] = Field(min_length=1)
     recovery: RecoveryLimits = RecoveryLimits()
     kill_switch: KillSwitch | None = None
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Named overrides, such as `nightly` with longer phases; chosen with --profile."""
+
+    @model_validator(mode="after")
+    def _fault_fits_chaos_phase(self) -> ScenarioSpec:
+        fault_s = getattr(self.fault, "duration_s", None)
+        if fault_s is not None and fault_s > self.phases.chaos_s:
+            raise ValueError(
+                f"fault.duration_s {fault_s:g} is longer than phases.chaos_s {self.phases.chaos_s:g}; "
+                "lengthen the chaos phase or shorten the fault"
+            )
+        return self
 
     @property
     def duration_s(self) -> float:

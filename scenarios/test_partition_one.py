@@ -1,0 +1,14 @@
+"""Certification: the platform passes the partition-one scenario (see partition_one.yaml)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from reports.record import ScenarioResult
+
+
+@pytest.mark.scenario("partition-one")
+def test_partition_one(certify: Callable[[str], ScenarioResult]) -> None:
+    certify("partition_one.yaml")
