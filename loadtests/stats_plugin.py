@@ -1,108 +1,102 @@
 """Locust plugin that streams per-second client statistics to the stormgate harness.
 
 Importing this module from a locustfile registers the listeners. When the environment
-variable STORMGATE_STATS_DIR names a folder, every Locust process that sends requests
-writes one JSON line per second to ``stats-<pid>.jsonl`` in it: requests, failures by
-kind and an HDR latency histogram per endpoint, keyed by the wall-clock second (UTC
-epoch) in which the requests completed. Seconds without requests are written too, so
-a missing second means the generator stalled, not that it was idle. Without the variable
-the plugin does nothing, so the locustfile still runs with plain ``locust -f``.
+variable STORMGATE_STATS_DIR is set, every Locust process that sends requests produces
+one record per wall-clock second (UTC epoch). A record contains, per endpoint, requests,
+failures by kind, an HDR latency histogram and the exact min and max, and for the
+process, the user count and its CPU use. Seconds without requests produce a record too, so a missing second means the
+generator stalled, not that it was idle. Without the variable the plugin does nothing,
+so the locustfile still runs with plain ``locust -f``.
 
-The harness reads these files while Locust runs (see loadtests.stream); one file per
-process keeps `--processes N` free of any locking between processes.
+Where the records go:
+- a single process (`LocalRunner`) appends them to ``stats-<pid>.jsonl`` in the folder;
+- a worker (``--processes N`` or ``--worker`` on any machine) sends them to its master as
+  a custom Locust message, and the master appends them to one file per worker. So the
+  harness reads every record on the master's machine and no worker needs a shared disk.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
+import re
+import signal
+import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import gevent
-from hdrh.histogram import HdrHistogram
+import psutil  # type: ignore[import-untyped]
 from locust import events
 from locust.env import Environment
-from locust.runners import MasterRunner
+from locust.runners import MasterRunner, WorkerRunner
+
+from loadtests.records import STATS_DIR_VARIABLE, EndpointSecond, failure_kind
 
 logger = logging.getLogger(__name__)
 
-STATS_DIR_VARIABLE = "STORMGATE_STATS_DIR"
 FLUSH_INTERVAL_S = 0.25
-"""How often completed seconds are written; a record is late by at most this much."""
-HISTOGRAM_MIN_US = 1
-HISTOGRAM_MAX_US = 3_600_000_000
-HISTOGRAM_DIGITS = 3
-"""Significant digits of the HDR histograms: values are exact to 0.1%."""
+"""How often completed seconds are written; a record is late by at most this much plus transport."""
+MESSAGE_TYPE = "stormgate_second"
+"""Custom Locust message that carries one worker's record to the master."""
 
-
-def new_histogram() -> HdrHistogram:
-    return HdrHistogram(HISTOGRAM_MIN_US, HISTOGRAM_MAX_US, HISTOGRAM_DIGITS)
-
-
-def failure_kind(exception: BaseException, response: Any) -> str:
-    """Name a failure the way an SLO report should show it: HTTP status or exception class."""
-    status = getattr(response, "status_code", 0) or 0
-    if status:
-        return f"HTTP {status}"
-    return type(exception).__name__
-
-
-@dataclass
-class EndpointSecond:
-    requests: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
-    histogram: HdrHistogram = field(default_factory=new_histogram)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "failures": self.failures,
-            "histogram": base64.b64encode(self.histogram.encode()).decode("ascii") if self.requests else "",
-        }
+__all__ = ["STATS_DIR_VARIABLE", "SecondWriter"]
 
 
 class SecondWriter:
-    """Per-second buckets of one Locust process and the file they are written to."""
+    """Per-second buckets of one Locust process, and the place their records go."""
 
-    def __init__(self, path: Path, environment: Environment) -> None:
-        self.path = path
+    def __init__(self, environment: Environment, *, path: Path | None) -> None:
         self.environment = environment
         self.buckets: dict[int, dict[str, EndpointSecond]] = {}
         self.next_second = int(time.time())
-        self.file = path.open("a", encoding="utf-8")
+        self.source = f"{socket.gethostname()}:{os.getpid()}"
+        self.process = psutil.Process()
+        self.process.cpu_percent(None)  # The first call only starts the measurement.
+        self.file: IO[str] | None = path.open("a", encoding="utf-8") if path is not None else None
 
     def record(self, name: str, response_time_ms: float, exception: BaseException | None, response: Any) -> None:
         second = int(time.time())
-        endpoint = self.buckets.setdefault(second, {}).setdefault(name, EndpointSecond())
-        endpoint.requests += 1
-        # Locust reports milliseconds as a float; the histogram holds whole microseconds.
-        endpoint.histogram.record_value(max(HISTOGRAM_MIN_US, min(HISTOGRAM_MAX_US, round(response_time_ms * 1000))))
-        if exception is not None:
-            kind = failure_kind(exception, response)
-            endpoint.failures[kind] = endpoint.failures.get(kind, 0) + 1
+        endpoints = self.buckets.setdefault(second, {})
+        endpoint = endpoints.get(name)
+        if endpoint is None:
+            # Not setdefault: a new HDR histogram allocates its counts array, about 0.1 ms each.
+            endpoint = endpoints[name] = EndpointSecond()
+        endpoint.record(response_time_ms, failure_kind(exception, response) if exception is not None else None)
 
     def flush(self, *, include_current: bool = False) -> None:
-        """Write every completed second, empty ones included, in order."""
+        """Emit every completed second, empty ones included, in order."""
         last = int(time.time()) if include_current else int(time.time()) - 1
         runner = self.environment.runner
         users = runner.user_count if runner is not None else 0
+        if self.next_second > last:
+            return
+        cpu_percent = self.process.cpu_percent(None)
         while self.next_second <= last:
             second = self.next_second
             endpoints = self.buckets.pop(second, {})
             line = {
                 "ts": second,
                 "pid": os.getpid(),
+                "source": self.source,
                 "users": users,
+                "cpu_percent": cpu_percent,
                 "endpoints": {name: bucket.to_json() for name, bucket in endpoints.items()},
             }
-            self.file.write(json.dumps(line, separators=(",", ":")) + "\n")
+            self.emit(line)
             self.next_second += 1
-        self.file.flush()
+        if self.file is not None:
+            self.file.flush()
+
+    def emit(self, line: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(line, separators=(",", ":")) + "\n")
+            return
+        runner = self.environment.runner
+        if runner is not None:
+            runner.send_message(MESSAGE_TYPE, line)
 
     def run_forever(self) -> None:
         while True:
@@ -111,23 +105,75 @@ class SecondWriter:
 
     def close(self) -> None:
         self.flush(include_current=True)
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
+
+
+class MasterSink:
+    """Files on the master that receive the records its workers send."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.files: dict[str, IO[str]] = {}
+
+    def receive(self, environment: Environment, msg: Any, **_kwargs: Any) -> None:
+        line = msg.data
+        source = str(line.get("source") or line.get("pid") or msg.node_id)
+        stream_file = self.files.get(source)
+        if stream_file is None:
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", source)
+            stream_file = (self.folder / f"stats-{safe}.jsonl").open("a", encoding="utf-8")
+            self.files[source] = stream_file
+        stream_file.write(json.dumps(line, separators=(",", ":")) + "\n")
+        stream_file.flush()
+
+    def close(self) -> None:
+        for stream_file in self.files.values():
+            stream_file.close()
+        self.files.clear()
 
 
 _writer: SecondWriter | None = None
+_sink: MasterSink | None = None
+
+
+def _quit_on_sigterm(environment: Environment) -> None:
+    # NOTE: a headless Locust 2.47 with a shape class installs its own SIGTERM handler only
+    # after the shape ends, so until then SIGTERM would kill it without the quitting event
+    # (no summary, no last record). Quitting the runner ends the shape, and Locust then
+    # shuts down as usual.
+    def quit_runner() -> None:
+        logger.info("SIGTERM received; stopping the load test.")
+        if environment.runner is not None:
+            environment.runner.quit()
+
+    gevent.signal_handler(signal.SIGTERM, quit_runner)
 
 
 def _on_init(environment: Environment, **_kwargs: Any) -> None:
-    global _writer
+    global _writer, _sink
+    runner = environment.runner
+    if environment.shape_class is not None and not isinstance(runner, WorkerRunner):
+        _quit_on_sigterm(environment)
     stats_dir = os.environ.get(STATS_DIR_VARIABLE)
-    if not stats_dir or isinstance(environment.runner, MasterRunner):
-        # A master sends no requests, so only local runners and workers write records.
+    if not stats_dir:
         return
-    path = Path(stats_dir) / f"stats-{os.getpid()}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _writer = SecondWriter(path, environment)
+    if isinstance(runner, MasterRunner):
+        # A master sends no requests; it only stores what its workers send.
+        Path(stats_dir).mkdir(parents=True, exist_ok=True)
+        _sink = MasterSink(Path(stats_dir))
+        runner.register_message(MESSAGE_TYPE, _sink.receive)
+        logger.info("Storing the per-second statistics of every worker in %s.", stats_dir)
+        return
+    if isinstance(runner, WorkerRunner):
+        _writer = SecondWriter(environment, path=None)
+        logger.info("Sending per-second statistics to the master as %s.", _writer.source)
+    else:
+        path = Path(stats_dir) / f"stats-{os.getpid()}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _writer = SecondWriter(environment, path=path)
+        logger.info("Streaming per-second statistics to %s.", path)
     gevent.spawn(_writer.run_forever)
-    logger.info("Streaming per-second statistics to %s.", path)
 
 
 def _on_request(
@@ -140,6 +186,8 @@ def _on_request(
 def _on_quitting(**_kwargs: Any) -> None:
     if _writer is not None:
         _writer.close()
+    if _sink is not None:
+        _sink.close()
 
 
 events.init.add_listener(_on_init)  # type: ignore[no-untyped-call]
