@@ -70,6 +70,7 @@ class ScenarioExecution:
         self.clock_start_wall = 0.0
         """When the recovery clocks start: the injection of a one-off fault, the end of a lasting one."""
         self.aborted = False
+        self.load_unhealthy = False
         self.baseline_rps: float | None = None
 
     # ----- entry point -----
@@ -95,6 +96,7 @@ class ScenarioExecution:
             users=self.spec.load.users,
             spawn_rate=self.spec.load.spawn_rate,
             processes=self.spec.load.processes,
+            shape=self.spec.load.shape,
             run_time_s=self.spec.duration_s + LOAD_MARGIN_S,
             workdir=workdir,
             run_id=self.context.run_id,
@@ -185,6 +187,12 @@ class ScenarioExecution:
         """Judge the baseline; False means "not healthy before chaos" and nothing is injected."""
         start, end = self.windows[Phase.BASELINE]
         self._wait_for_records(load, until_wall=end)
+        problems = load.health_problems()
+        if problems:
+            # A sick generator cannot tell whether the platform is healthy, so nothing is injected.
+            self.result.reasons += [f"Load generator unfit to judge the baseline: {problem}" for problem in problems]
+            self.load_unhealthy = True
+            return False
         baseline = load.stream.window(start, end)
         self.baseline_rps = baseline.requests / max(1.0, end - start)
         results = self._evaluate_phase(load, Phase.BASELINE)
@@ -388,8 +396,12 @@ class ScenarioExecution:
         )
 
     def _check_load_health(self, load: LocustRunner) -> list[Verdict]:
-        """Return INCONCLUSIVE for each judged phase in which the generator left gaps."""
-        verdicts = []
+        """Return INCONCLUSIVE for a generator that was unfit to judge by, or left gaps in a judged phase."""
+        verdicts = [Verdict.INCONCLUSIVE] if self.load_unhealthy else []
+        if not self.load_unhealthy:
+            problems = load.health_problems()
+            self.result.reasons += [f"Load generator unfit to judge the run: {problem}" for problem in problems]
+            verdicts += [Verdict.INCONCLUSIVE] * bool(problems)
         for phase, (start, end) in self.windows.items():
             stats = load.stream.window(start, end)
             expected = int(end - start)

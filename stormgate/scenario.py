@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from chaos.faults import FaultSpec
+from loadtests.profiles import LoadShapeSpec
 from slo.model import SloSpec
 from stormgate.errors import InvalidScenario
 
@@ -29,6 +30,8 @@ class LoadSpec(BaseModel):
     """Users started per second during warmup."""
     processes: int = Field(default=1, ge=1, le=64)
     """Locust processes on this machine (`locust --processes`)."""
+    shape: LoadShapeSpec | None = None
+    """Load shape (steady, ramp, step, spike, soak) in place of a steady `users` from the warmup on."""
 
 
 class PhaseDurations(BaseModel):
@@ -80,6 +83,16 @@ class ScenarioSpec(BaseModel):
     kill_switch: KillSwitch | None = None
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Named overrides, such as `nightly` with longer phases; chosen with --profile."""
+
+    @model_validator(mode="after")
+    def _shape_covers_scenario(self) -> ScenarioSpec:
+        shape = self.load.shape
+        if shape is not None and shape.duration_s < self.duration_s:
+            raise ValueError(
+                f"load.shape lasts {shape.duration_s:g} s, shorter than the scenario's {self.duration_s:g} s; "
+                "Locust would stop before the steady phase ends, so lengthen the shape"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fault_fits_chaos_phase(self) -> ScenarioSpec:
