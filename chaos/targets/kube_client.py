@@ -1,4 +1,4 @@
-"""Connection to a Kubernetes API server: a kubeconfig context or in-cluster config, with request counting.
+"""Connection to a Kubernetes API server through a kubeconfig context or in-cluster config, with request counts.
 
 In-cluster, the service-account token is a projected file that the kubelet rotates (by
 default it expires after one hour). The client re-reads the file before a request whenever
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException, RESTResponse
+from kubernetes.client.exceptions import ApiException
+from kubernetes.client.rest import RESTResponse
 from kubernetes.config.config_exception import ConfigException
 
 from chaos.targets.kube_safety import IN_CLUSTER_CONTEXT, KubeSafety
@@ -90,9 +91,7 @@ class CountingApiClient(client.ApiClient):
     ) -> RESTResponse:
         with self._count_lock:
             self.requests[method.upper()] += 1
-        return super().call_api(  # type: ignore[no-any-return]
-            method, url, header_params, body, post_params, _request_timeout=_request_timeout
-        )
+        return super().call_api(method, url, header_params, body, post_params, _request_timeout=_request_timeout)
 
     @property
     def request_total(self) -> int:
@@ -116,7 +115,9 @@ class TokenFileReloader:
         except OSError as error:
             # Keep the token already loaded: a rotation replaces the file atomically, so a
             # missing file is a passing state, and the server rejects the token once it expires.
-            logger.warning("Service-account token file %s is unreadable, keeping the loaded token: %s", self.path, error)
+            logger.warning(
+                "Service-account token file %s is unreadable, keeping the loaded token: %s", self.path, error
+            )
             return
         with self._lock:
             if mtime_ns == self._mtime_ns:
@@ -164,7 +165,7 @@ class KubeConnection:
         return self.api_client.request_total
 
     def close(self) -> None:
-        self.api_client.close()
+        self.api_client.close()  # type: ignore[no-untyped-call]
 
 
 def connect(
@@ -194,7 +195,7 @@ def connect(
 def _connect_kubeconfig(context: str, kubeconfig: Path | None) -> KubeConnection:
     path = str(kubeconfig) if kubeconfig is not None else None
     try:
-        contexts, _current = config.list_kube_config_contexts(config_file=path)
+        contexts, _current = config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
     except (ConfigException, OSError) as error:
         raise UsageError(f"The kubeconfig {path or '~/.kube/config'} cannot be read: {error}") from error
     by_name = {entry["name"]: entry for entry in contexts or []}
@@ -205,7 +206,9 @@ def _connect_kubeconfig(context: str, kubeconfig: Path | None) -> KubeConnection
         )
     configuration = client.Configuration()
     try:
-        config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=path, context=context, client_configuration=configuration
+        )
     except (ConfigException, OSError) as error:
         raise TargetUnreachable(f"Loading kube context {context!r} failed: {error}") from error
     namespace = by_name[context].get("context", {}).get("namespace")
@@ -215,7 +218,7 @@ def _connect_kubeconfig(context: str, kubeconfig: Path | None) -> KubeConnection
 
 def _connect_in_cluster(service_account_dir: Path, environ: dict[str, str]) -> KubeConnection:
     token_path = service_account_dir / "token"
-    loader = config.incluster_config.InClusterConfigLoader(
+    loader = config.incluster_config.InClusterConfigLoader(  # type: ignore[no-untyped-call]
         token_filename=str(token_path),
         cert_filename=str(service_account_dir / "ca.crt"),
         try_refresh_token=False,
@@ -223,7 +226,7 @@ def _connect_in_cluster(service_account_dir: Path, environ: dict[str, str]) -> K
     )
     configuration = client.Configuration()
     try:
-        loader.load_and_set(configuration)
+        loader.load_and_set(configuration)  # type: ignore[no-untyped-call]
     except (ConfigException, OSError) as error:
         raise TargetUnreachable(
             f"In-cluster config failed: {error}; it needs KUBERNETES_SERVICE_HOST/PORT and the service-account "
@@ -231,7 +234,7 @@ def _connect_in_cluster(service_account_dir: Path, environ: dict[str, str]) -> K
         ) from error
     reloader = TokenFileReloader(token_path)
     reloader(configuration)
-    configuration.refresh_api_key_hook = reloader
+    configuration.refresh_api_key_hook = reloader  # type: ignore[assignment]
     namespace_file = service_account_dir / "namespace"
     namespace = namespace_file.read_text(encoding="utf-8").strip() if namespace_file.exists() else None
     logger.info("Connected in-cluster to %s.", configuration.host)

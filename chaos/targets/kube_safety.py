@@ -1,4 +1,4 @@
-"""Safety rules of the Kubernetes target: context and namespace allowlists, and the labels that mark stormgate's objects.
+"""Safety rules of the Kubernetes target: context and namespace allowlists, and the labels of stormgate's objects.
 
 Every check runs before the target sends its first request that changes anything, so an
 unknown context or a system namespace is rejected before a fault could touch it.
