@@ -39,7 +39,9 @@ def test_unknown_cli_option_is_a_usage_error() -> None:
 
 
 def test_invalid_sandbox_setting_names_the_setting() -> None:
-    result = subprocess.run([*STORMGATE, "sandbox", "up", "--error-rate", "1.5"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [*STORMGATE, "sandbox", "up", "--error-rate", "1.5"], capture_output=True, text=True, cwd=REPO
+    )
 
     assert result.returncode == 2
     assert "error_rate" in result.stderr
