@@ -17,6 +17,7 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 
 from loadtests.flood import Flood, FloodSpec
+from loadtests.stream import StatsStream
 from stormgate.errors import UsageError
 from tests.conftest import free_port
 
@@ -110,6 +111,20 @@ def test_locust_flood_reports_rate(target: str, tmp_path: Path) -> None:
     assert all_ended(pids)
 
 
+def wait_for_first_requests(flood: Flood, *, timeout_s: float) -> None:
+    if flood.engine == "wrk":
+        time.sleep(1)  # wrk sends from its first millisecond and reports only at the end.
+        return
+    deadline = time.monotonic() + timeout_s
+    stream = StatsStream(flood.stats_dir)
+    while time.monotonic() < deadline:
+        if flood.stats_dir.exists():
+            stream.poll()
+        if any(endpoint.requests for record in stream.records for endpoint in record.endpoints.values()):
+            return
+        time.sleep(0.5)
+
+
 @requires_haproxy
 @pytest.mark.parametrize("engine", ["wrk", "locust"])
 def test_flood_stops_early_and_reaps(target: str, tmp_path: Path, engine: str) -> None:
@@ -118,7 +133,8 @@ def test_flood_stops_early_and_reaps(target: str, tmp_path: Path, engine: str) -
     flood = Flood(target, FloodSpec(duration_s=60, connections=5, threads=2, engine=engine), workdir=tmp_path)  # type: ignore[arg-type]
 
     with flood:
-        time.sleep(5)  # Locust with two processes needs a few seconds before its first request.
+        # Locust with two processes needs seconds to send its first request, more on a loaded machine.
+        wait_for_first_requests(flood, timeout_s=30)
         pids = process_tree(flood)
         assert flood.running
         started = time.monotonic()
