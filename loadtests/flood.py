@@ -98,8 +98,10 @@ def choose_engine(engine: Literal["auto", "wrk", "locust"]) -> Literal["wrk", "l
 class Flood:
     """One flood run; use as a context manager so its processes are always reaped."""
 
-    def __init__(self, url: str, spec: FloodSpec, *, workdir: Path, run_id: str = "") -> None:
-        require_loopback(url)
+    def __init__(
+        self, url: str, spec: FloodSpec, *, workdir: Path, run_id: str = "", allowed_hosts: tuple[str, ...] = ()
+    ) -> None:
+        require_loopback(url, allowed_hosts=allowed_hosts)
         self.url = url.rstrip("/")
         self.spec = spec
         self.workdir = workdir

@@ -56,15 +56,17 @@ FIRST_RECORD_TIMEOUT_S = 20.0
 LOG_TAIL_LINES = 20
 
 
-def require_loopback(url: str) -> None:
+def require_loopback(url: str, *, allowed_hosts: tuple[str, ...] = ()) -> None:
     """Raise UsageError unless the URL's host resolves only to loopback addresses.
 
-    NOTE: the sandbox target only ever sends load to loopback; a cluster target must
-    pass its own allowlist before reaching a non-loopback host.
+    `allowed_hosts` lists host names that the user named explicitly as load targets, such
+    as the Service URL of a cluster target (`--load-url`); only those may leave loopback.
     """
     host = urllib.parse.urlsplit(url).hostname
     if not host:
         raise UsageError(f"Load target URL {url!r} has no host; give a URL such as http://127.0.0.1:18080")
+    if host in allowed_hosts:
+        return
     try:
         addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except socket.gaierror as error:
@@ -73,7 +75,7 @@ def require_loopback(url: str) -> None:
     if outside:
         raise UsageError(
             f"Load target {url!r} resolves to {', '.join(outside)}, which is not loopback. "
-            "The sandbox target sends load only to 127.0.0.0/8 or ::1."
+            "stormgate sends load only to 127.0.0.0/8 or ::1 unless the URL was given with --load-url."
         )
 
 
@@ -125,6 +127,7 @@ class LocustRunner:
         master_bind_host: str = "127.0.0.1",
         master_bind_port: int = 5557,
         metrics_port: int | None = None,
+        allowed_hosts: tuple[str, ...] = (),
     ) -> None:
         """Prepare a run; `start` or ``with`` launches it.
 
@@ -143,7 +146,7 @@ class LocustRunner:
             raise UsageError("Give either processes > 1 or expect_workers > 0, not both")
         if not locustfile.exists():
             raise UsageError(f"Locustfile {locustfile} does not exist; give the path of a locustfile")
-        require_loopback(host)
+        require_loopback(host, allowed_hosts=allowed_hosts)
         self.host = host
         self.users = users
         self.spawn_rate = spawn_rate

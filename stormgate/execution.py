@@ -97,6 +97,7 @@ class ScenarioExecution:
             spawn_rate=self.spec.load.spawn_rate,
             processes=self.spec.load.processes,
             shape=self.spec.load.shape,
+            allowed_hosts=tuple(getattr(self.target, "allowed_load_hosts", ())),
             run_time_s=self.spec.duration_s + LOAD_MARGIN_S,
             workdir=workdir,
             run_id=self.context.run_id,

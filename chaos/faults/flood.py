@@ -149,7 +149,9 @@ class TrafficFlood(Fault[TrafficFloodPlan]):
             engine=plan.engine,
             path=plan.path,
         )
-        flood = Flood(plan.url, spec, workdir=Path(plan.workdir), run_id=plan.run_id)
+        # A cluster target lists the host of its --load-url here; the sandbox lists none.
+        allowed_hosts = tuple(getattr(target, "allowed_load_hosts", ()))
+        flood = Flood(plan.url, spec, workdir=Path(plan.workdir), run_id=plan.run_id, allowed_hosts=allowed_hosts)
         self._flood = flood
         self.outcome = None
         flood.start()
