@@ -28,8 +28,8 @@ from stormgate.errors import StormgateError, TargetUnreachable, UsageError
 logger = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-REQUEST_TIMEOUT_S = 30.0
-"""Connect and read timeout of a request that is not a watch."""
+CONNECTION_POOL_SIZE = 32
+"""HTTP connections kept per API server: two long watches plus a pod kill's parallel deletes."""
 
 
 class KubeApiError(StormgateError, RuntimeError):
@@ -41,7 +41,7 @@ class KubeApiError(StormgateError, RuntimeError):
 
 
 class KubeForbidden(KubeApiError, PermissionError):
-    """The API server answered 403: the harness's RBAC role lacks a verb."""
+    """The API server returned 403 because the harness's RBAC role lacks a verb."""
 
 
 def api_error(error: ApiException, action: str) -> KubeApiError:
@@ -212,6 +212,7 @@ def _connect_kubeconfig(context: str, kubeconfig: Path | None) -> KubeConnection
     except (ConfigException, OSError) as error:
         raise TargetUnreachable(f"Loading kube context {context!r} failed: {error}") from error
     namespace = by_name[context].get("context", {}).get("namespace")
+    configuration.connection_pool_maxsize = CONNECTION_POOL_SIZE
     logger.info("Connected to kube context %s at %s.", context, configuration.host)
     return KubeConnection(context=context, api_client=CountingApiClient(configuration), default_namespace=namespace)
 
@@ -232,6 +233,7 @@ def _connect_in_cluster(service_account_dir: Path, environ: dict[str, str]) -> K
             f"In-cluster config failed: {error}; it needs KUBERNETES_SERVICE_HOST/PORT and the service-account "
             f"files in {service_account_dir}, which Kubernetes provides only inside a pod"
         ) from error
+    configuration.connection_pool_maxsize = CONNECTION_POOL_SIZE
     reloader = TokenFileReloader(token_path)
     reloader(configuration)
     configuration.refresh_api_key_hook = reloader  # type: ignore[assignment]
