@@ -9,6 +9,7 @@ import pytest
 from reports.record import ScenarioResult
 
 
+@pytest.mark.target("sandbox")
 @pytest.mark.scenario("partition-one")
 def test_partition_one(certify: Callable[[str], ScenarioResult]) -> None:
     certify("partition_one.yaml")

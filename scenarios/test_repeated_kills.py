@@ -9,6 +9,7 @@ import pytest
 from reports.record import ScenarioResult
 
 
+@pytest.mark.target("sandbox")
 @pytest.mark.scenario("repeated-kills")
 def test_repeated_kills(certify: Callable[[str], ScenarioResult]) -> None:
     certify("repeated_kills.yaml")

@@ -9,6 +9,7 @@ import pytest
 from reports.record import ScenarioResult
 
 
+@pytest.mark.target("sandbox")
 @pytest.mark.scenario("replica-loss")
 def test_replica_loss(certify: Callable[[str], ScenarioResult]) -> None:
     certify("replica_loss.yaml")

@@ -9,6 +9,7 @@ import pytest
 from reports.record import ScenarioResult
 
 
+@pytest.mark.target("sandbox")
 @pytest.mark.scenario("traffic-flood")
 def test_traffic_flood(certify: Callable[[str], ScenarioResult]) -> None:
     certify("traffic_flood.yaml")

@@ -61,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_argument(
         "--ledger", type=Path, default=None, help="ledger file of injections (default: <state dir>/ledger.jsonl)"
     )
+    cleanup.add_argument(
+        "--kube-context",
+        default=None,
+        help="clean this kube context instead of the sandbox: delete stormgate's NetworkPolicies, uncordon its nodes",
+    )
+    cleanup.add_argument("--kubeconfig", type=Path, default=None, help="kubeconfig file (default: ~/.kube/config)")
+    cleanup.add_argument(
+        "--kube-namespace",
+        action="append",
+        default=None,
+        help="namespace to clean; repeat for several (default: every namespace)",
+    )
 
     run = commands.add_parser("run", help="run the certification suite; extra arguments go to pytest")
     run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="pytest options, such as --seed 7 or -k replica")
@@ -117,7 +129,7 @@ def sandbox_command(args: argparse.Namespace) -> int:
 
 
 def cleanup_command(args: argparse.Namespace) -> int:
-    """Revert the sandbox's leftover faults from the ledger and its stormgate iptables rules."""
+    """Revert leftover faults: the sandbox's from the ledger and iptables comments, or a cluster's by label."""
     from chaos.ledger import Ledger
     from chaos.targets.sandbox import SandboxTarget
     from sandbox.environment import Sandbox, state_root
@@ -128,6 +140,14 @@ def cleanup_command(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.kube_context:
+        from chaos.targets.kubernetes import cleanup_kubernetes
+
+        lines = cleanup_kubernetes(
+            context=args.kube_context, namespaces=args.kube_namespace, kubeconfig=args.kubeconfig
+        )
+        print("\n".join(lines) or f"Nothing to clean up on kube context {args.kube_context}.")
+        return EXIT_PASS
     ledger = Ledger(args.ledger or state_root() / "ledger.jsonl")
     report = revert_leftovers(ledger, SandboxTarget(Sandbox.attach(args.sandbox_name)))
     for line in report.lines():

@@ -19,6 +19,7 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from chaos.faults import Fault, FaultPlan, TrafficFlood, TrafficFloodSpec, build_fault
 from chaos.guard import FaultGuard
 from chaos.ledger import Ledger
+from chaos.safety import DEFAULT_POLICY, SafetyPolicy
 from chaos.targets.base import Target
 from loadtests.runner import LocustRunner
 from reports.record import PhaseWindow, ScenarioResult
@@ -47,6 +48,8 @@ class RunContext:
     report_dir: Path
     ledger: Ledger
     dry_run: bool = False
+    policy: SafetyPolicy = DEFAULT_POLICY
+    """Targets that faults may act on in this run."""
 
 
 class ScenarioExecution:
@@ -214,7 +217,7 @@ class ScenarioExecution:
         assert self.fault is not None
         guard = FaultGuard(
             self.context.ledger, self.target, self.fault, plan,
-            run_id=self.context.run_id, timeline=self.timeline, verify=False,
+            run_id=self.context.run_id, timeline=self.timeline, verify=False, policy=self.context.policy,
         )  # fmt: skip
         self.guard = guard
         # Only a single kill is over the moment it strikes; every other fault lasts until it ends or is reverted.

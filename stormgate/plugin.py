@@ -16,18 +16,16 @@ from pathlib import Path
 import pytest
 
 from chaos.ledger import Ledger
-from chaos.targets.sandbox import SandboxTarget
 from reports.history import append_history
 from reports.html import write_html
 from reports.record import RunRecord, ScenarioResult
 from reports.summary import render_summary
-from sandbox.environment import Sandbox, SandboxConfig, state_root
+from sandbox.environment import state_root
 from slo.model import Verdict
 from slo.prometheus import PrometheusSource
-from stormgate.cleanup import revert_leftovers
-from stormgate.errors import StormgateError
 from stormgate.execution import RunContext, ScenarioExecution
 from stormgate.scenario import DEFAULT_PROFILE, ScenarioSpec, load_scenario
+from stormgate.targets import OpenedTarget, add_target_options, check_target_options, open_target
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +55,7 @@ RUN_STATE = pytest.StashKey[RunState]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("stormgate", "stormgate certification")
-    group.addoption("--target", default="sandbox", choices=["sandbox"], help="platform to certify (default: sandbox)")
-    group.addoption("--sandbox-name", default="default", help="name of the sandbox to use or start (default: default)")
-    group.addoption(
-        "--sandbox-replicas",
-        type=int,
-        default=4,
-        help="replicas of a sandbox that the run starts itself; 4 lets half of them fail (default: 4)",
-    )
+    add_target_options(group)
     group.addoption(
         "--prometheus-url", default=None, help="Prometheus base URL for PromQL SLOs (default: the target's own)"
     )
@@ -86,7 +77,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "scenario(name): a certification scenario; its result goes into run.json")
-    config.addinivalue_line("markers", "sandbox: needs root and the sandbox's system packages")
+    config.addinivalue_line("markers", "target(*kinds): the scenario runs only on these kinds of target")
+    check_target_options(config)
     run_id = new_run_id()
     option = config.getoption("--report-dir")
     report_dir = Path(option) if option else Path.cwd() / "runs" / run_id
@@ -104,25 +96,11 @@ def stormgate_run(pytestconfig: pytest.Config) -> RunState:
 
 
 @pytest.fixture(scope="session")
-def stormgate_target(pytestconfig: pytest.Config, stormgate_run: RunState) -> Iterator[SandboxTarget]:
-    """Provide the target to certify: the named sandbox, started for this session unless it is running."""
-    name = pytestconfig.getoption("--sandbox-name")
-    started_here = False
-    try:
-        sandbox = Sandbox.attach(name)
-        sandbox.wait_ready(timeout_s=10.0)
-    except StormgateError:
-        sandbox = Sandbox(SandboxConfig(name=name, replicas=pytestconfig.getoption("--sandbox-replicas")))
-        sandbox.up()
-        started_here = True
-    target = SandboxTarget(sandbox)
-    stormgate_run.record.target = target.name
-    revert_leftovers(Ledger(state_root() / "ledger.jsonl"), target)
-    try:
-        yield target
-    finally:
-        if started_here:
-            sandbox.down()
+def stormgate_target(pytestconfig: pytest.Config, stormgate_run: RunState) -> Iterator[OpenedTarget]:
+    """Provide the target to certify, opened from the options; a sandbox is started unless it is running."""
+    with open_target(pytestconfig) as opened:
+        stormgate_run.record.target = opened.target.name
+        yield opened
 
 
 @pytest.fixture
@@ -130,7 +108,7 @@ def certify(
     request: pytest.FixtureRequest,
     pytestconfig: pytest.Config,
     stormgate_run: RunState,
-    stormgate_target: SandboxTarget,
+    stormgate_target: OpenedTarget,
 ) -> Callable[[ScenarioSpec | str], ScenarioResult]:
     """Run a scenario (a spec or a YAML file name in scenarios/) and fail the test unless it passes."""
 
@@ -146,14 +124,16 @@ def certify(
             report_dir=stormgate_run.report_dir,
             ledger=Ledger(state_root() / "ledger.jsonl"),
             dry_run=stormgate_run.dry_run,
+            policy=stormgate_target.policy,
         )
-        prometheus_url = pytestconfig.getoption("--prometheus-url") or stormgate_target.prometheus_url
-        prometheus = PrometheusSource(
-            prometheus_url,
-            scrape_interval_s=stormgate_target.sandbox.config.scrape_interval_s,
-            coverage_selector='up{job="haproxy"}',
-        )
-        execution = ScenarioExecution(spec, stormgate_target, context, prometheus)
+        prometheus = None
+        if stormgate_target.prometheus_url:
+            prometheus = PrometheusSource(
+                stormgate_target.prometheus_url,
+                scrape_interval_s=stormgate_target.scrape_interval_s,
+                coverage_selector=stormgate_target.coverage_selector,
+            )
+        execution = ScenarioExecution(spec, stormgate_target.target, context, prometheus)
         if stormgate_run.dry_run:
             plan = execution.plan()
             pytest.skip(f"dry run of {spec.name}, nothing injected: {plan.describe()}")
@@ -176,6 +156,18 @@ def certify(
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A scenario marked for another kind of target cannot run on this one, so it is deselected.
+    target = config.getoption("--target")
+    selected, deselected = [], []
+    for item in items:
+        marker = item.get_closest_marker("target")
+        if marker is not None and target not in marker.args:
+            deselected.append(item)
+        else:
+            selected.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
     config.stash[RUN_STATE].has_scenarios = any(item.get_closest_marker("scenario") for item in items)
 
 
@@ -196,7 +188,7 @@ def pytest_runtest_makereport(
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(RUN_STATE, None)
-    if state is None or not state.has_scenarios:
+    if state is None or not state.has_scenarios or session.config.option.collectonly:
         return
     state.record.finished_at = time.time()
     state.record.finish()
@@ -215,7 +207,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(RUN_STATE, None)
-    if state is None or not state.has_scenarios:
+    if state is None or not state.has_scenarios or config.option.collectonly:
         return
     terminalreporter.write_sep("=", "stormgate verdict")
     for line in render_summary(state.record, state.report_dir / "run.json"):

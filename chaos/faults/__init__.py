@@ -21,23 +21,33 @@ from chaos.faults.base import (
 )
 from chaos.faults.flood import TrafficFlood, TrafficFloodPlan, TrafficFloodSpec
 from chaos.faults.instance_kill import InstanceKill, InstanceKillPlan, InstanceKillSpec
+from chaos.faults.network_policy import NetworkPolicyPartition, NetworkPolicySpec
+from chaos.faults.node_drain import NodeDrain, NodeDrainSpec
 from chaos.faults.partition import Partition, PartitionPlan, PartitionSpec
+from chaos.faults.pod_kill import PodKill, PodKillSpec
 from stormgate.errors import UsageError
 
-FaultSpec = Annotated[InstanceKillSpec | PartitionSpec | TrafficFloodSpec, Field(discriminator="kind")]
+AnyFaultSpec = InstanceKillSpec | PartitionSpec | TrafficFloodSpec | PodKillSpec | NetworkPolicySpec | NodeDrainSpec
+FaultSpec = Annotated[AnyFaultSpec, Field(discriminator="kind")]
 """Settings of any fault kind, chosen by `kind`."""
 
-FAULT_SPEC_ADAPTER: TypeAdapter[InstanceKillSpec | PartitionSpec | TrafficFloodSpec] = TypeAdapter(FaultSpec)
+FAULT_SPEC_ADAPTER: TypeAdapter[AnyFaultSpec] = TypeAdapter(FaultSpec)
 
-KINDS = ("instance-kill", "partition", "flood")
+KINDS = ("instance-kill", "partition", "flood", "pod-kill", "network-policy", "node-drain")
 
 
-def build_fault(spec: InstanceKillSpec | PartitionSpec | TrafficFloodSpec) -> Fault[Any]:
+def build_fault(spec: AnyFaultSpec) -> Fault[Any]:
     """Return the fault object for a spec; one object carries one injection at a time."""
     if isinstance(spec, InstanceKillSpec):
         return InstanceKill(spec)
     if isinstance(spec, PartitionSpec):
         return Partition(spec)
+    if isinstance(spec, PodKillSpec):
+        return PodKill(spec)
+    if isinstance(spec, NetworkPolicySpec):
+        return NetworkPolicyPartition(spec)
+    if isinstance(spec, NodeDrainSpec):
+        return NodeDrain(spec)
     return TrafficFlood(spec)
 
 
@@ -49,12 +59,19 @@ def fault_for_kind(kind: str) -> Fault[Any]:
         return Partition(PartitionSpec())
     if kind == "flood":
         return TrafficFlood(TrafficFloodSpec(min_rps=1.0))
+    if kind == "pod-kill":
+        return PodKill(PodKillSpec())
+    if kind == "network-policy":
+        return NetworkPolicyPartition(NetworkPolicySpec())
+    if kind == "node-drain":
+        return NodeDrain(NodeDrainSpec())
     raise UsageError(f"Fault kind {kind!r} is unknown; known kinds are {', '.join(KINDS)}")
 
 
 __all__ = [
     "FAULT_SPEC_ADAPTER",
     "KINDS",
+    "AnyFaultSpec",
     "Fault",
     "FaultPlan",
     "FaultResult",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,6 +112,9 @@ class KubernetesTarget:
         self.name = f"kubernetes/{connection.context}/{options.namespace}"
         self.load_url = options.load_url
         self.prometheus_url = options.prometheus_url
+        host = urllib.parse.urlsplit(options.load_url).hostname if options.load_url else None
+        self.allowed_load_hosts: tuple[str, ...] = (host,) if host else ()
+        """The host of --load-url, named by the user, is the only host outside loopback that load may go to."""
         self.allow_node_faults = options.allow_node_faults
         self._pods: Informer | None = None
         self._workload: Informer | None = None

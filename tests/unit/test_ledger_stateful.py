@@ -55,7 +55,7 @@ class FakeTarget:
     def instance_gone(self, instance: Instance) -> bool:
         return not self.running[instance.name]
 
-    def recovery_probe(self, killed: list[Instance]) -> RecoveryProbe:
+    def recovery_probe(self, killed: list[Instance], *, expect_restart: bool = True) -> RecoveryProbe:
         raise NotImplementedError("the model never measures recovery")
 
     def ensure_running(self, instance_name: str) -> bool:
