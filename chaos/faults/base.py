@@ -14,10 +14,11 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from chaos.safety import DEFAULT_MAX_SHARE
 from chaos.targets.base import Instance, Target
 from reports.timeline import Timeline
 from stormgate.errors import StormgateError, UsageError
@@ -26,6 +27,30 @@ logger = logging.getLogger(__name__)
 
 FAULT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 """Fault and run ids end up in iptables comments and file names, so they stay within this set."""
+
+
+class SelectionSpec(BaseModel):
+    """Settings shared by faults that pick instances: how many, which ones, and the cap."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int | None = Field(default=None, ge=1)
+    """Number of instances to act on (in each round of a repeated fault); give this or `share`. Default: 1."""
+    share: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Share of the running instances to act on, rounded down, at least one."""
+    selection: Literal["random", "oldest"] = "random"
+    """"random" draws with the run's seed; "oldest" takes the instances that started first."""
+    max_share: float = Field(default=DEFAULT_MAX_SHARE, gt=0.0, le=1.0)
+    """Share of the instances that may be hit at the same time because of this fault."""
+    allow_all: bool = False
+    """Allow the fault to hit every instance; off so that a typo cannot take a service down."""
+
+    @model_validator(mode="after")
+    def _check_count_or_share(self) -> Self:
+        if self.count is not None and self.share is not None:
+            kind = getattr(self, "kind", "the fault")
+            raise ValueError(f"{kind} takes count ({self.count}) or share ({self.share}), not both")
+        return self
 
 
 class FaultRevertFailed(StormgateError, RuntimeError):

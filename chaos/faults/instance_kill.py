@@ -8,11 +8,10 @@ import threading
 import time
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from chaos.faults.base import Fault, FaultPlan, InjectResult, RevertResult, VerifyResult, check_ids
+from chaos.faults.base import Fault, FaultPlan, InjectResult, RevertResult, SelectionSpec, VerifyResult, check_ids
 from chaos.safety import (
-    DEFAULT_MAX_SHARE,
     check_share,
     eligible_instances,
     requested_count,
@@ -29,31 +28,18 @@ VERIFY_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 10.0
 
 
-class InstanceKillSpec(BaseModel):
+class InstanceKillSpec(SelectionSpec):
     """Scenario settings of an instance kill."""
 
-    model_config = ConfigDict(extra="forbid")
-
     kind: Literal["instance-kill"] = "instance-kill"
-    count: int | None = Field(default=None, ge=1)
-    """Number of instances to kill in each round; give this or `share`, not both. Default: 1."""
-    share: float | None = Field(default=None, gt=0.0, le=1.0)
-    """Share of the running instances to kill in each round, rounded down, at least one."""
-    selection: Literal["random", "oldest"] = "random"
     signal: Literal["SIGKILL", "SIGTERM"] = "SIGKILL"
     interval_s: float | None = Field(default=None, gt=0.0)
     """Seconds between rounds of a repeated kill; give it together with `duration_s`."""
     duration_s: float | None = Field(default=None, gt=0.0)
     """How long a repeated kill goes on; the first round is at the injection."""
-    max_share: float = Field(default=DEFAULT_MAX_SHARE, gt=0.0, le=1.0)
-    """Share of the instances that may be down at the same time because of this fault."""
-    allow_all: bool = False
-    """Allow the fault to hit every instance; off so that a typo cannot take a service down."""
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Self:
-        if self.count is not None and self.share is not None:
-            raise ValueError(f"instance-kill takes count ({self.count}) or share ({self.share}), not both")
         if (self.interval_s is None) != (self.duration_s is None):
             raise ValueError(
                 "a repeated instance-kill needs both interval_s and duration_s "

@@ -18,14 +18,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Literal, Self, cast
+from typing import Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 
 from chaos import netfilter
-from chaos.faults.base import Fault, FaultPlan, FaultRevertFailed, InjectResult, RevertResult, VerifyResult, check_ids
+from chaos.faults.base import (
+    Fault,
+    FaultPlan,
+    FaultRevertFailed,
+    InjectResult,
+    RevertResult,
+    SelectionSpec,
+    VerifyResult,
+    check_ids,
+)
 from chaos.netfilter import ConnectionCheck
-from chaos.safety import DEFAULT_MAX_SHARE, check_share, eligible_instances, requested_count, select_instances
+from chaos.safety import check_share, eligible_instances, requested_count, select_instances
 from chaos.targets.base import NetworkTarget, Target
 from stormgate.errors import FaultNotEffective, UsageError
 
@@ -35,30 +44,16 @@ STOP_TIMEOUT_S = 20.0
 POLL_INTERVAL_S = 0.1
 
 
-class PartitionSpec(BaseModel):
-    """Scenario settings of a network partition."""
-
-    model_config = ConfigDict(extra="forbid")
+class PartitionSpec(SelectionSpec):
+    """Scenario settings of a network partition. In a split, `count` or `share` sets the size of group B."""
 
     kind: Literal["partition"] = "partition"
     mode: Literal["isolate", "split"] = "isolate"
-    count: int | None = Field(default=None, ge=1)
-    """Number of instances to isolate, or the size of group B in a split; give this or `share`."""
-    share: float | None = Field(default=None, gt=0.0, le=1.0)
-    selection: Literal["random", "oldest"] = "random"
     direction: Literal["both", "inbound", "outbound"] = "both"
     duration_s: float | None = Field(default=None, gt=0.0)
     """How long the partition lasts; None keeps it until revert."""
     verify_timeout_s: float = Field(default=10.0, gt=0.0)
     """Time the load balancer has to mark isolated instances DOWN before the fault counts as not effective."""
-    max_share: float = Field(default=DEFAULT_MAX_SHARE, gt=0.0, le=1.0)
-    allow_all: bool = False
-
-    @model_validator(mode="after")
-    def _check_count_or_share(self) -> Self:
-        if self.count is not None and self.share is not None:
-            raise ValueError(f"partition takes count ({self.count}) or share ({self.share}), not both")
-        return self
 
 
 class PartitionRule(BaseModel):

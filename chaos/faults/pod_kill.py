@@ -14,10 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from chaos.faults.base import Fault, FaultPlan, InjectResult, RevertResult, VerifyResult, check_ids
-from chaos.safety import DEFAULT_MAX_SHARE, check_share, requested_count, share_cap
+from chaos.faults.base import Fault, FaultPlan, InjectResult, RevertResult, SelectionSpec, VerifyResult, check_ids
+from chaos.safety import check_share, requested_count, share_cap
 from chaos.targets.base import Target
 from chaos.targets.kube_watch import Observation
 from chaos.targets.kubernetes import KubernetesTarget, PodInstance
@@ -32,32 +32,19 @@ VERIFY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
 
-class PodKillSpec(BaseModel):
+class PodKillSpec(SelectionSpec):
     """Scenario settings of a pod kill."""
 
-    model_config = ConfigDict(extra="forbid")
-
     kind: Literal["pod-kill"] = "pod-kill"
-    count: int | None = Field(default=None, ge=1)
-    """Pods to delete in each round; give this or `share`, not both. Default: 1."""
-    share: float | None = Field(default=None, gt=0.0, le=1.0)
-    """Share of the running pods to delete in each round, rounded down, at least one."""
-    selection: Literal["random", "oldest"] = "random"
-    """"random" draws with the seed; "oldest" takes the pods with the earliest creationTimestamp."""
     grace_period_s: int = Field(default=0, ge=0)
     """Grace period of the delete; 0 removes the pod at once, as a crash of its node would."""
     interval_s: float | None = Field(default=None, gt=0.0)
     """Seconds between rounds of a repeated kill; give it together with `duration_s`."""
     duration_s: float | None = Field(default=None, gt=0.0)
-    max_share: float = Field(default=DEFAULT_MAX_SHARE, gt=0.0, le=1.0)
-    """Share of the pods that may be down at once because of this fault."""
-    allow_all: bool = False
     verify_timeout_s: float = Field(default=VERIFY_TIMEOUT_S, gt=0.0)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Self:
-        if self.count is not None and self.share is not None:
-            raise ValueError(f"pod-kill takes count ({self.count}) or share ({self.share}), not both")
         if (self.interval_s is None) != (self.duration_s is None):
             raise ValueError(
                 "a repeated pod-kill needs both interval_s and duration_s "
