@@ -74,7 +74,8 @@ class ScenarioExecution:
         """When the recovery clocks start: the injection of a one-off fault, the end of a lasting one."""
         self.aborted = False
         self.load_unhealthy = False
-        self.baseline_rps: float | None = None
+        self.baseline_rps: float | None = float(spec.load.users)
+        """Request rate of the baseline phase; until it is measured, the rate the users are meant to send."""
 
     # ----- entry point -----
 

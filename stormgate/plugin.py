@@ -118,6 +118,7 @@ def certify(
             if isinstance(scenario, ScenarioSpec)
             else load_scenario(SCENARIO_DIR / scenario, profile=pytestconfig.getoption("--profile"))
         )
+
         context = RunContext(
             run_id=stormgate_run.run_id,
             seed=stormgate_run.seed,
@@ -134,9 +135,11 @@ def certify(
                 coverage_selector=stormgate_target.coverage_selector,
             )
         execution = ScenarioExecution(spec, stormgate_target.target, context, prometheus)
+
         if stormgate_run.dry_run:
             plan = execution.plan()
             pytest.skip(f"dry run of {spec.name}, nothing injected: {plan.describe()}")
+
         result = execution.run()
         stormgate_run.record.scenarios.append(result)
         stormgate_run.judged.add(request.node.nodeid)
@@ -144,6 +147,7 @@ def certify(
         request.node.user_properties.append(("stormgate_verdict", result.verdict.value))
         for clock in result.clocks:
             request.node.user_properties.append((f"recovery_{clock.name}_s", clock.measured_s))
+
         if result.verdict == Verdict.FAIL:
             pytest.fail(f"Scenario {spec.name} FAILED:\n  " + "\n  ".join(result.reasons), pytrace=False)
         if result.verdict == Verdict.INCONCLUSIVE:
