@@ -207,6 +207,11 @@ class Informer:
                     self._resource_version,
                 )
                 self._retry(lambda: self._relist(initial=False))
+            except AttributeError:
+                # http.client raises this when stop() closes the response under a blocked read.
+                if self._stopped.is_set():
+                    break
+                raise
             except (ApiException, KubeApiError, urllib3.exceptions.HTTPError, OSError, ValueError) as error:
                 if self._stopped.is_set():
                     break
