@@ -64,10 +64,12 @@ class RunRecord(BaseModel):
     scenarios: list[ScenarioResult] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
     """Failures outside any scenario, such as a sandbox that did not start."""
+    usage_errors: list[str] = Field(default_factory=list)
+    """Scenarios rejected before they ran: an invalid file, an unknown profile, a plan over a safety cap."""
 
     def finish(self) -> Verdict:
         verdicts = [scenario.verdict for scenario in self.scenarios]
-        if self.errors:
+        if self.errors or self.usage_errors:
             verdicts.append(Verdict.INCONCLUSIVE)
         self.verdict = combine(verdicts)
         return self.verdict

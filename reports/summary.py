@@ -19,7 +19,10 @@ def render_summary(record: RunRecord, run_json: Path) -> list[str]:
         )
         for reason in scenario.reasons:
             lines.append(f"                - {reason}")
-    for error in record.errors:
-        lines.append(f"  ERROR         {error.splitlines()[0]}")
+    for label, errors in (("ERROR", record.errors), ("INVALID", record.usage_errors)):
+        for error in errors:
+            first, *rest = error.splitlines() or [""]
+            lines.append(f"  {label:<13} {first}")
+            lines += [f"                {line}" for line in rest]
     lines.append(f"VERDICT: {record.verdict.value.upper()}   (record: {run_json})")
     return lines

@@ -161,7 +161,8 @@ def check_port_free(port: int, setting: str) -> None:
         except OSError as error:
             raise PortInUse(
                 f"Port 127.0.0.1:{port} ({setting}) is already in use ({error.strerror}). "
-                f"Stop the program that holds it or choose another port with --{setting.replace('_', '-')}."
+                f"Stop the program that holds it or choose another port with --{setting.replace('_', '-')} "
+                f"(stormgate sandbox up) or --sandbox-{setting.replace('_', '-')} (stormgate run)."
             ) from error
 
 

@@ -156,37 +156,48 @@ def cleanup_command(args: argparse.Namespace) -> int:
 
 
 def run_command(pytest_args: list[str]) -> int:
-    """Run pytest on the scenarios folder and map the run's verdict to an exit code."""
+    """Run pytest on the scenarios folder and map this run's verdict to an exit code."""
     import pytest
+
+    from stormgate.plugin import new_run_id
 
     scenario_dir = Path(__file__).resolve().parent.parent / "scenarios"
     selected = [arg for arg in pytest_args if not arg.startswith("-") and Path(arg).exists()]
     arguments = [*pytest_args] if selected else [str(scenario_dir), *pytest_args]
+    # The CLI names the run, so that it reads this run's record and never an older one.
+    run_id = _option_value(arguments, "--run-id") or new_run_id()
+    if _option_value(arguments, "--run-id") is None:
+        arguments += ["--run-id", run_id]
     # INFO shows the progress of every phase while the suite runs.
     options = ["-p", "stormgate.plugin", "--rootdir", str(scenario_dir.parent), "-o", "log_cli_level=INFO"]
     code = pytest.main([*options, *arguments])
-    if code in (pytest.ExitCode.USAGE_ERROR,):
+    if code == pytest.ExitCode.USAGE_ERROR:
         return EXIT_USAGE
     if code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.INTERRUPTED):
         return EXIT_INTERNAL
-    latest = _latest_record(arguments)
-    if latest is None:
-        print("stormgate: error: the run wrote no run.json, so there is no verdict", file=sys.stderr)
-        return EXIT_INCONCLUSIVE
-    verdict = json.loads(latest.read_text())["verdict"]
-    return {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(verdict, EXIT_INCONCLUSIVE)
+
+    report_dir = _option_value(arguments, "--report-dir")
+    record_path = (Path(report_dir) if report_dir else Path.cwd() / "runs" / run_id) / "run.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else None
+    if record is None or record.get("run_id") != run_id:
+        print(f"stormgate: error: run {run_id} wrote no run.json, so there is no verdict", file=sys.stderr)
+        return EXIT_FAIL if code == pytest.ExitCode.TESTS_FAILED else EXIT_INCONCLUSIVE
+    if record.get("usage_errors"):
+        return EXIT_USAGE
+    verdict = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(record["verdict"], EXIT_INCONCLUSIVE)
+    if verdict == EXIT_PASS and code != pytest.ExitCode.OK:
+        # Every scenario passed, but another test of the session failed.
+        return EXIT_FAIL
+    return verdict
 
 
-def _latest_record(arguments: list[str]) -> Path | None:
+def _option_value(arguments: list[str], name: str) -> str | None:
     for index, argument in enumerate(arguments):
-        if argument == "--report-dir" and index + 1 < len(arguments):
-            path = Path(arguments[index + 1]) / "run.json"
-            return path if path.exists() else None
-        if argument.startswith("--report-dir="):
-            path = Path(argument.split("=", 1)[1]) / "run.json"
-            return path if path.exists() else None
-    path = Path.cwd() / "runs" / "latest" / "run.json"
-    return path if path.exists() else None
+        if argument == name and index + 1 < len(arguments):
+            return arguments[index + 1]
+        if argument.startswith(name + "="):
+            return argument.split("=", 1)[1]
+    return None
 
 
 def entry_point() -> None:

@@ -39,6 +39,7 @@ LOAD_MARGIN_S = 60.0
 MAX_MISSING_SECONDS = 1
 """Seconds of a judged phase that may lack client statistics before the phase is inconclusive."""
 RECORD_WAIT_S = 3.0
+INTERRUPTING_SIGNALS = ("SIGINT", "SIGTERM")
 
 
 @dataclass
@@ -93,6 +94,13 @@ class ScenarioExecution:
         return plan
 
     def run(self) -> ScenarioResult:
+        """Run every phase and return the judged result.
+
+        Raises SafetyViolation or UsageError before any load starts when the fault cannot be
+        planned on this target, such as a kill of every instance without allow_all.
+        """
+        # Plan once before the load starts: a plan over a safety cap is bad input, not a failing platform.
+        self.plan()
         extra: list[Verdict] = []
         workdir = self.context.report_dir / self.spec.name
         load = LocustRunner(
@@ -173,6 +181,9 @@ class ScenarioExecution:
                 guard.wait(min(0.25, remaining_s))
             else:
                 time.sleep(min(0.25, remaining_s))
+            if guard is not None and guard.reverted_by in INTERRUPTING_SIGNALS:
+                # The guard reverted on SIGINT or SIGTERM; the run must stop, not go on without its fault.
+                raise KeyboardInterrupt(f"{guard.reverted_by} received; the fault was reverted")
             load.check_alive()
             load.stream.poll()
             if guard is not None and self._kill_switch_tripped(load, guard):
@@ -241,6 +252,8 @@ class ScenarioExecution:
                 "reverted_by": guard.reverted_by,
             }
         )
+        if guard.reverted_by in INTERRUPTING_SIGNALS:
+            raise KeyboardInterrupt(f"{guard.reverted_by} received; the fault was reverted")
         if lasting:
             # A lasting fault (partition, flood, repeated kills): the platform can only recover once it ends.
             self.clock_start_wall = time.time()

@@ -23,6 +23,7 @@ from reports.summary import render_summary
 from sandbox.environment import state_root
 from slo.model import Verdict
 from slo.prometheus import PrometheusSource
+from stormgate.errors import InvalidScenario, SafetyViolation, UsageError
 from stormgate.execution import RunContext, ScenarioExecution
 from stormgate.scenario import DEFAULT_PROFILE, ScenarioSpec, load_scenario
 from stormgate.targets import OpenedTarget, add_target_options, check_target_options, open_target
@@ -51,6 +52,9 @@ class RunState:
 
 
 RUN_STATE = pytest.StashKey[RunState]()
+REJECTED_BEFORE_RUN = (InvalidScenario, UsageError, SafetyViolation)
+_OPEN_STATES: list[RunState] = []
+"""Run states of this process, for the keyboard-interrupt hook, which gets no config."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -67,6 +71,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--seed", type=int, default=None, help="seed of every random choice, recorded in run.json (default: random)"
     )
+    group.addoption("--run-id", default=None, help="id of this run, used in run.json and logs (default: a new one)")
     group.addoption("--dry-run", action="store_true", help="print every fault's plan and touch nothing")
     group.addoption(
         "--profile",
@@ -79,14 +84,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "scenario(name): a certification scenario; its result goes into run.json")
     config.addinivalue_line("markers", "target(*kinds): the scenario runs only on these kinds of target")
     check_target_options(config)
-    run_id = new_run_id()
+    run_id = config.getoption("--run-id") or new_run_id()
     option = config.getoption("--report-dir")
     report_dir = Path(option) if option else Path.cwd() / "runs" / run_id
     seed = config.getoption("--seed")
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
     record = RunRecord(run_id=run_id, seed=seed, started_at=time.time(), dry_run=config.getoption("--dry-run"))
-    config.stash[RUN_STATE] = RunState(run_id, report_dir, record, seed, record.dry_run)
+    state = RunState(run_id, report_dir, record, seed, record.dry_run)
+    config.stash[RUN_STATE] = state
+    _OPEN_STATES.append(state)
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +115,6 @@ def certify(
     request: pytest.FixtureRequest,
     pytestconfig: pytest.Config,
     stormgate_run: RunState,
-    stormgate_target: OpenedTarget,
 ) -> Callable[[ScenarioSpec | str], ScenarioResult]:
     """Run a scenario (a spec or a YAML file name in scenarios/) and fail the test unless it passes."""
 
@@ -118,6 +124,8 @@ def certify(
             if isinstance(scenario, ScenarioSpec)
             else load_scenario(SCENARIO_DIR / scenario, profile=pytestconfig.getoption("--profile"))
         )
+        # The target is opened only after the scenario validated, so a bad file starts nothing.
+        stormgate_target: OpenedTarget = request.getfixturevalue("stormgate_target")
 
         context = RunContext(
             run_id=stormgate_run.run_id,
@@ -181,6 +189,10 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     state = item.config.stash[RUN_STATE]
+    if report.failed and call.excinfo is not None and call.excinfo.errisinstance(REJECTED_BEFORE_RUN):
+        # Bad input, not a platform that failed: the CLI exits with the usage code.
+        state.record.usage_errors.append(f"{item.nodeid}: {call.excinfo.value}")
+        return report
     # A scenario test that failed before its scenario produced a result (a sandbox that did
     # not start, an invalid scenario file) must still count against the run's verdict.
     if report.failed and item.get_closest_marker("scenario") and item.nodeid not in state.judged:
@@ -188,6 +200,12 @@ def pytest_runtest_makereport(
         message = crash.message if crash is not None else report.longreprtext[-800:]
         state.record.errors.append(f"{item.nodeid} ({report.when}): {message}")
     return report
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    # pytest passes no config here, so the interruption is noted on every open run state.
+    for state in _OPEN_STATES:
+        state.record.errors.append(f"The run was interrupted: {excinfo.value}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

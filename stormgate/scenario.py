@@ -138,7 +138,13 @@ def load_scenario(path: Path, *, profile: str = DEFAULT_PROFILE) -> ScenarioSpec
     if not isinstance(data, dict):
         raise InvalidScenario(f"Scenario file {path} must contain a mapping, such as 'name: replica-loss'")
     profiles = data.get("profiles") or {}
-    if profile != DEFAULT_PROFILE and isinstance(profiles, dict) and isinstance(profiles.get(profile), dict):
+    if profile != DEFAULT_PROFILE:
+        if not isinstance(profiles, dict) or not isinstance(profiles.get(profile), dict):
+            known = ", ".join([DEFAULT_PROFILE, *sorted(profiles)]) if isinstance(profiles, dict) else DEFAULT_PROFILE
+            raise InvalidScenario(
+                f"Scenario file {path} has no profile {profile!r}; choose one of {known} with --profile, "
+                f"or add profiles.{profile} to the file"
+            )
         data = merge(data, profiles[profile])
     try:
         return ScenarioSpec.model_validate(data)

@@ -16,7 +16,7 @@ from chaos.targets.base import Target
 from chaos.targets.sandbox import SandboxTarget
 from sandbox.environment import Sandbox, SandboxConfig, state_root
 from stormgate.cleanup import revert_leftovers
-from stormgate.errors import StormgateError, UsageError
+from stormgate.errors import SandboxError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,18 @@ def add_target_options(group: pytest.OptionGroup) -> None:
         type=int,
         default=4,
         help="replicas of a sandbox that the run starts itself; 4 lets half of them fail (default: 4)",
+    )
+    group.addoption(
+        "--sandbox-lb-port",
+        type=int,
+        default=18080,
+        help="load balancer port of a sandbox that the run starts itself, on 127.0.0.1 (default: 18080)",
+    )
+    group.addoption(
+        "--sandbox-prometheus-port",
+        type=int,
+        default=19090,
+        help="Prometheus port of a sandbox that the run starts itself, on 127.0.0.1 (default: 19090)",
     )
     group.addoption("--kube-context", default=None, help="kubeconfig context of the cluster, or in-cluster")
     group.addoption("--kubeconfig", type=Path, default=None, help="kubeconfig file (default: ~/.kube/config)")
@@ -121,11 +133,26 @@ def _open_sandbox(config: pytest.Config) -> Iterator[OpenedTarget]:
     started_here = False
     try:
         sandbox = Sandbox.attach(name)
-        sandbox.wait_ready(timeout_s=10.0)
-    except StormgateError:
-        sandbox = Sandbox(SandboxConfig(name=name, replicas=config.getoption("--sandbox-replicas")))
+    except SandboxError:
+        sandbox = Sandbox(
+            SandboxConfig(
+                name=name,
+                replicas=config.getoption("--sandbox-replicas"),
+                lb_port=config.getoption("--sandbox-lb-port"),
+                prometheus_port=config.getoption("--sandbox-prometheus-port"),
+            )
+        )
         sandbox.up()
         started_here = True
+    else:
+        # A sandbox the user started is never replaced: that would discard their settings.
+        try:
+            sandbox.wait_ready(timeout_s=10.0)
+        except SandboxError as error:
+            raise SandboxError(
+                f"Sandbox {name} is running but not healthy, so it cannot be certified: {error} "
+                f"Restart it with: stormgate sandbox down --name {name} && stormgate sandbox up --name {name}"
+            ) from error
     target = SandboxTarget(sandbox)
     revert_leftovers(Ledger(state_root() / "ledger.jsonl"), target)
     try:

@@ -82,3 +82,43 @@ def test_missing_binary_names_the_package(tmp_path: Path) -> None:
     assert "'haproxy'" in result.stderr
     assert "apt-get install -y haproxy" in result.stderr
     assert not Sandbox(SandboxConfig(name="t-missing")).exists()
+
+
+def test_run_never_reads_an_older_record(tmp_path: Path) -> None:
+    # An earlier run's PASS must not become the verdict of a run that wrote no record.
+    old = tmp_path / "runs" / "old-run"
+    old.mkdir(parents=True)
+    (old / "run.json").write_text('{"verdict": "pass", "run_id": "old-run", "scenarios": []}')
+    (tmp_path / "runs" / "latest").symlink_to("old-run")
+    (tmp_path / "test_plain.py").write_text("def test_fails():\n    assert False\n")
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    result = subprocess.run(
+        [*STORMGATE, "run", "test_plain.py", "-p", "no:cacheprovider"],
+        capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=120,
+    )  # fmt: skip
+
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "wrote no run.json" in result.stderr
+
+
+def test_invalid_scenario_exits_with_usage_code(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("name: broken\nfault: {kind: instance-kill, count: 0}\nslos: []\n")
+    (tmp_path / "test_broken.py").write_text(
+        "import pytest\n"
+        "from pathlib import Path\n"
+        "from stormgate.scenario import load_scenario\n\n"
+        "@pytest.mark.scenario('broken')\n"
+        "def test_broken(certify):\n"
+        "    certify(load_scenario(Path(__file__).parent / 'broken.yaml'))\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    result = subprocess.run(
+        [*STORMGATE, "run", "test_broken.py", "-p", "no:cacheprovider", "--sandbox-name", "never-started"],
+        capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=120,
+    )  # fmt: skip
+
+    assert result.returncode == 2, result.stdout[-2000:]
+    assert "fault.instance-kill.count" in result.stdout
+    assert not Sandbox(SandboxConfig(name="never-started")).exists()

@@ -69,3 +69,11 @@ def test_invalid_scenario_is_a_value_error(tmp_path: Path) -> None:
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(InvalidScenario, match="cannot be read"):
         load_scenario(tmp_path / "absent.yaml")
+
+
+def test_unknown_profile_is_rejected() -> None:
+    with pytest.raises(InvalidScenario) as raised:
+        load_scenario(SCENARIOS / "replica_loss.yaml", profile="bogus")
+
+    assert "no profile 'bogus'" in str(raised.value)
+    assert "quick, nightly" in str(raised.value)
