@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace to clean; repeat for several (default: every namespace)",
     )
 
-    run = commands.add_parser("run", help="run the certification suite; extra arguments go to pytest")
+    # --help goes to pytest, whose help lists the stormgate options under "stormgate certification".
+    run = commands.add_parser("run", help="run the certification suite; extra arguments go to pytest", add_help=False)
     run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="pytest options, such as --seed 7 or -k replica")
     return parser
 
