@@ -123,7 +123,11 @@ def sandbox_command(args: argparse.Namespace) -> int:
         print(f"prometheus:    {sandbox.prometheus_url}")
         return EXIT_PASS
     if args.action == "down":
-        Sandbox(SandboxConfig(name=args.name)).down()
+        sandbox = Sandbox(SandboxConfig(name=args.name))
+        if not sandbox.exists():
+            print(f"Sandbox {args.name} is not running; nothing to stop.")
+            return EXIT_PASS
+        sandbox.down()
         return EXIT_PASS
     print(json.dumps(Sandbox.attach(args.name).status(), indent=2))
     return EXIT_PASS
@@ -135,6 +139,7 @@ def cleanup_command(args: argparse.Namespace) -> int:
     from chaos.targets.sandbox import SandboxTarget
     from sandbox.environment import Sandbox, state_root
     from stormgate.cleanup import revert_leftovers
+    from stormgate.errors import SandboxError
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -150,7 +155,19 @@ def cleanup_command(args: argparse.Namespace) -> int:
         print("\n".join(lines) or f"Nothing to clean up on kube context {args.kube_context}.")
         return EXIT_PASS
     ledger = Ledger(args.ledger or state_root() / "ledger.jsonl")
-    report = revert_leftovers(ledger, SandboxTarget(Sandbox.attach(args.sandbox_name)))
+    try:
+        sandbox = Sandbox.attach(args.sandbox_name)
+    except SandboxError:
+        # A sandbox that is gone took its processes and its namespace's rules with it.
+        target_name = f"sandbox/{args.sandbox_name}"
+        open_entries = ledger.open_entries(target_name)
+        for entry in open_entries:
+            ledger.record_reverted(entry)
+            print(f"Marked {entry.fault_id} of run {entry.run_id} reverted: sandbox {args.sandbox_name} is gone.")
+        if not open_entries:
+            print(f"Nothing to clean up: sandbox {args.sandbox_name} is not running and the ledger has no open fault.")
+        return EXIT_PASS
+    report = revert_leftovers(ledger, SandboxTarget(sandbox))
     for line in report.lines():
         print(line)
     return EXIT_INTERNAL if report.failed else EXIT_PASS
