@@ -53,7 +53,10 @@ def render_chart(scenario: ScenarioResult, stats_dir: Path) -> str:
     for phase in scenario.phases:
         if phase.phase in ("chaos", "recovery"):
             color = "red" if phase.phase == "chaos" else "gold"
-            ratio_axis.axvspan(phase.start - start, phase.end - start, alpha=0.12, color=color)
+            ratio_axis.axvspan(phase.start - start, phase.end - start, alpha=0.12, color=color, label=phase.phase)
+    handles, labels = ratio_axis.get_legend_handles_labels()
+    latency_handles, latency_labels = latency_axis.get_legend_handles_labels()
+    ratio_axis.legend(handles + latency_handles, labels + latency_labels, loc="lower left", fontsize="small")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
