@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from loadtests import reaper
 from loadtests.profiles import FLOOD_MAX_PER_USER_VARIABLE, FLOOD_PATH_VARIABLE
 from loadtests.records import aggregate
-from loadtests.runner import locust_environment, require_loopback
+from loadtests.runner import locust_environment, parent_death_signal, require_loopback
 from loadtests.stream import StatsStream
 from stormgate.errors import LoadGeneratorError, MissingDependency, UsageError
 
@@ -151,8 +151,14 @@ class Flood:
             },
         )
         with self.log_path.open("ab") as log_file:
+            # The engine gets SIGTERM when the harness dies, so a killed harness leaves no flood running.
             self.process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                start_new_session=True,
+                preexec_fn=parent_death_signal(),
             )
         self._started_monotonic = time.monotonic()
         reaper.register(self)

@@ -4,7 +4,8 @@ Locust runs as a child process (``locust --headless``) because importing it patc
 interpreter with gevent, which breaks ssl, urllib3 and asyncio users in the harness. The
 child gets its own process group, so `stop` ends its worker processes too, and every
 running child is registered with `loadtests.reaper`, so an exception, SIGINT or SIGTERM
-in the harness stops it as well.
+in the harness stops it as well. On Linux the child also gets SIGTERM from the kernel when
+the harness dies, even by SIGKILL (see `parent_death_signal`).
 
 Three layouts:
 - one process (default), or ``processes=N`` for N worker processes on this machine;
@@ -18,6 +19,7 @@ run through a control file that the Locust shape reads at each tick.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import logging
 import os
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -54,6 +57,33 @@ STOP_TIMEOUT_S = 10.0
 """Time Locust gets to stop after SIGTERM before the whole process group is killed."""
 FIRST_RECORD_TIMEOUT_S = 20.0
 LOG_TAIL_LINES = 20
+PR_SET_PDEATHSIG = 1
+"""prctl option from <linux/prctl.h>: the signal a process gets when its parent dies."""
+
+
+def parent_death_signal(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
+    """Return a `preexec_fn` that makes the child receive `sig` when this process dies; None off Linux.
+
+    The kernel sends the signal when the thread that forked the child ends, not the whole
+    process. The harness starts its load processes from the main thread, whose end is the end
+    of the process; a child started from another thread gets the signal when that thread ends.
+    The setting survives exec but not fork, so the workers that Locust forks for
+    ``--processes`` get no signal; the Locust master stops them when it gets SIGTERM.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    # Loaded here, in the parent, so the child between fork and exec only makes the call.
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    parent_pid = os.getpid()
+
+    def set_parent_death_signal() -> None:
+        if prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        # The parent may have died between fork and prctl, and then no signal would ever come.
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), sig)
+
+    return set_parent_death_signal
 
 
 def require_loopback(url: str, *, allowed_hosts: tuple[str, ...] = ()) -> None:
@@ -210,8 +240,14 @@ class LocustRunner:
         with self.log_path.open("ab") as log_file:
             log_file.write(f"$ {shlex.join(command)}\n".encode())
             log_file.flush()
+            # preexec_fn runs after the setsid of start_new_session, so the group stays as it was.
             self.process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, env=self.environment(), start_new_session=True
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                start_new_session=True,
+                preexec_fn=parent_death_signal(),
             )
         reaper.register(self)
         logger.info(
@@ -356,7 +392,12 @@ class LocustWorker:
         environment = locust_environment(stats_dir=None, extra={STATS_DIR_VARIABLE: "-"})
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
-                self.command, stdout=log_file, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+                self.command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                start_new_session=True,
+                preexec_fn=parent_death_signal(),
             )
         reaper.register(self)
         logger.info("Run %s: Locust worker started (pid %d).", self.run_id, self.process.pid)

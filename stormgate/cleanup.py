@@ -7,10 +7,10 @@ Two sources, so that a lost or damaged ledger still leaves nothing active:
 2. marks on what faults touch: every iptables rule in the target's network namespace whose
    comment starts with `stormgate:` is deleted.
 
-A cleanup leaves alone the open entries of a run that is still going on: entries whose owner
-process still runs on this host (same pid and start time) and is not the process doing the
-cleanup, and entries written on another host, whose owner this host cannot check. The
-iptables rules of those entries stay too. `force=True` reverts them all the same.
+A cleanup leaves alone the open entries of a run that may still be going on. Those are entries
+whose owner process still runs on this host (same pid and start time) and is not the process
+doing the cleanup, and entries written on another host, whose owner this host cannot check.
+The iptables rules of those entries stay too. `force=True` reverts them all the same.
 """
 
 from __future__ import annotations
@@ -168,8 +168,8 @@ def revert_leftovers(ledger: Ledger, target: Target, *, force: bool = False) -> 
     netns = getattr(target, "network_namespace", None)
     if isinstance(netns, str) and netfilter.namespace_exists(netns):
         try:
-            kept = {item.fault_id for item in report.skipped}
-            stray = stray_rules(netfilter.stormgate_rules(netns), kept_fault_ids=kept)
+            skipped_fault_ids = {item.fault_id for item in report.skipped}
+            stray = stray_rules(netfilter.stormgate_rules(netns), kept_fault_ids=skipped_fault_ids)
             report.deleted_rules = netfilter.delete_rules(netns, stray)
         except StormgateError as error:
             logger.error("Deleting stormgate iptables rules in %s failed: %s", netns, error)

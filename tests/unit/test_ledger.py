@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -13,9 +14,10 @@ import pytest
 from chaos import guard as guard_module
 from chaos.faults.instance_kill import InstanceKill, InstanceKillPlan, InstanceKillResult, InstanceKillSpec
 from chaos.guard import FaultGuard
-from chaos.ledger import Ledger
+from chaos.ledger import Ledger, LedgerEntry, process_start_ticks
 from chaos.targets.base import Instance, Target
 from reports.timeline import Timeline
+from stormgate.cleanup import revert_leftovers, stray_rules
 from stormgate.errors import SafetyViolation
 from tests.unit.test_ledger_stateful import FakeTarget
 
@@ -205,3 +207,134 @@ def test_guard_rejects_target_outside_allowlist(target: FakeTarget, ledger: Ledg
 
     assert all(target.running.values())
     assert not ledger.path.exists()
+
+
+@pytest.fixture
+def live_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A process other than the test's own that runs until the test ends."""
+    process = subprocess.Popen(["sleep", "300"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def write_killed_instance(
+    ledger: Ledger, target: FakeTarget, *, owner_pid: int, owner_host: str = "", start_ticks: int | None = None
+) -> None:
+    """Kill replica-0 and append its open entry as if the owner process had written it."""
+    fault, plan = make_kill(target)
+    fault.inject(target, plan)
+    current = ledger.record_injecting(
+        fault_id=plan.fault_id, run_id="run", target=target.name, kind=plan.kind, plan=plan.model_dump()
+    )
+    ledger.path.unlink()
+    ticks = process_start_ticks(owner_pid) if start_ticks is None else start_ticks
+    foreign = LedgerEntry.model_validate(
+        {
+            **current.model_dump(),
+            "owner_pid": owner_pid,
+            "owner_host": owner_host or current.owner_host,
+            "owner_start_time_ticks": ticks or 0,
+        }
+    )
+    ledger.path.write_text(foreign.model_dump_json() + "\n", encoding="utf-8")
+    assert not target.running["replica-0"]
+
+
+def test_entry_records_current_process_as_owner(ledger: Ledger) -> None:
+    entry = ledger.record_injecting(fault_id="f1", run_id="r", target="sandbox/a", kind="partition", plan={})
+
+    assert entry.owner_pid == os.getpid()
+    assert entry.owner_start_time_ticks == process_start_ticks(os.getpid())
+    assert entry.owner.is_current_process()
+
+
+def test_entry_without_owner_fields_is_readable(ledger: Ledger) -> None:
+    ledger.path.write_text(
+        '{"fault_id": "f1", "run_id": "r", "target": "sandbox/a", "kind": "partition", "plan": {}, '
+        '"state": "injecting", "wall_time": 1.0}\n'
+    )
+
+    [entry] = ledger.open_entries()
+
+    assert entry.owner_pid == 0
+    assert not entry.owner.known
+
+
+def test_cleanup_skips_entry_of_live_owner(
+    target: FakeTarget, ledger: Ledger, live_process: subprocess.Popen[bytes]
+) -> None:
+    write_killed_instance(ledger, target, owner_pid=live_process.pid)
+
+    report = revert_leftovers(ledger, target)
+
+    assert report.reverted == []
+    assert [item.reason for item in report.skipped] == [f"owned by running process {live_process.pid}"]
+    assert f"skipped instance-kill run/kill/1 of run run: owned by running process {live_process.pid}" in report.lines()
+    assert not target.running["replica-0"]
+    assert [entry.fault_id for entry in ledger.open_entries()] == ["run/kill/1"]
+
+
+def test_cleanup_reverts_entry_of_dead_owner(target: FakeTarget, ledger: Ledger) -> None:
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    # Any nonzero start time: the pid has no /proc entry, or belongs to a newer process.
+    write_killed_instance(ledger, target, owner_pid=finished.pid, start_ticks=1)
+
+    report = revert_leftovers(ledger, target)
+
+    assert report.reverted_ids == ["run/kill/1"]
+    assert report.skipped == []
+    assert target.running["replica-0"]
+    assert ledger.open_entries() == []
+
+
+def test_cleanup_reverts_entry_of_reused_pid(
+    target: FakeTarget, ledger: Ledger, live_process: subprocess.Popen[bytes]
+) -> None:
+    ticks = process_start_ticks(live_process.pid)
+    assert ticks is not None
+    write_killed_instance(ledger, target, owner_pid=live_process.pid, start_ticks=ticks - 1)
+
+    report = revert_leftovers(ledger, target)
+
+    assert report.reverted_ids == ["run/kill/1"]
+    assert report.skipped == []
+    assert target.running["replica-0"]
+
+
+def test_cleanup_skips_entry_of_other_host(target: FakeTarget, ledger: Ledger) -> None:
+    write_killed_instance(ledger, target, owner_pid=os.getpid(), owner_host="other-host.invalid")
+
+    report = revert_leftovers(ledger, target)
+
+    assert report.reverted == []
+    assert len(report.skipped) == 1
+    assert "on host other-host.invalid" in report.skipped[0].reason
+    assert not target.running["replica-0"]
+
+
+@pytest.mark.parametrize("owner_host", ["", "other-host.invalid"], ids=["live-owner", "other-host"])
+def test_forced_cleanup_reverts_skipped_entries(
+    target: FakeTarget, ledger: Ledger, live_process: subprocess.Popen[bytes], owner_host: str
+) -> None:
+    write_killed_instance(ledger, target, owner_pid=live_process.pid, owner_host=owner_host)
+
+    report = revert_leftovers(ledger, target, force=True)
+
+    assert report.reverted_ids == ["run/kill/1"]
+    assert report.skipped == []
+    assert target.running["replica-0"]
+    assert ledger.open_entries() == []
+
+
+def test_stray_rules_keep_rules_of_skipped_faults() -> None:
+    kept = "-A INPUT -s 10.0.0.2/32 -m comment --comment stormgate:live:live/partition/1 -j DROP"
+    stray = "-A INPUT -s 10.0.0.3/32 -m comment --comment stormgate:dead:dead/partition/1 -j DROP"
+    foreign = "-A INPUT -s 10.0.0.4/32 -m comment --comment other:live/partition/1 -j DROP"
+
+    result = stray_rules([kept, stray, foreign], kept_fault_ids={"live/partition/1"})
+
+    assert result == [stray]
