@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ledger", type=Path, default=None, help="ledger file of injections (default: <state dir>/ledger.jsonl)"
     )
     cleanup.add_argument(
+        "--force",
+        action="store_true",
+        help="also revert faults whose run still runs, or that another host injected",
+    )
+    cleanup.add_argument(
         "--kube-context",
         default=None,
         help="clean this kube context instead of the sandbox: delete stormgate's NetworkPolicies, uncordon its nodes",
@@ -167,7 +172,7 @@ def cleanup_command(args: argparse.Namespace) -> int:
         if not open_entries:
             print(f"Nothing to clean up: sandbox {args.sandbox_name} is not running and the ledger has no open fault.")
         return EXIT_PASS
-    report = revert_leftovers(ledger, SandboxTarget(sandbox))
+    report = revert_leftovers(ledger, SandboxTarget(sandbox), force=args.force)
     for line in report.lines():
         print(line)
     return EXIT_INTERNAL if report.failed else EXIT_PASS
