@@ -89,7 +89,7 @@ class EndpointRecord(BaseModel):
 
 
 class SecondRecord(BaseModel):
-    """Statistics of one Locust process for one wall-clock second."""
+    """Statistics of one Locust process for the requests that started in one wall-clock second."""
 
     ts: int
     """Start of the second, in seconds since the Unix epoch (UTC)."""
@@ -100,6 +100,11 @@ class SecondRecord(BaseModel):
     """Process that sent the requests: ``<hostname>:<pid>``; older records leave it empty."""
     cpu_percent: float | None = None
     """CPU use of that Locust process over the last second, in percent of one core."""
+    late: bool = False
+    """Whether this record adds requests that started in `ts` but completed after the
+    regular record for `ts` was written. A late record has 0 users and no CPU figure, so it
+    adds only to request counts and latencies; the same source has a regular record for
+    every second, late or not."""
 
     @property
     def source_key(self) -> str:
@@ -155,7 +160,7 @@ class WindowStats:
     failures: int = 0
     failure_kinds: dict[str, int] = field(default_factory=dict)
     seconds: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """Requests and failures per wall-clock second."""
+    """Requests and failures per wall-clock second in which the requests started."""
     histogram: HdrHistogram = field(default_factory=new_histogram)
     min_us: int = 0
     max_us: int = 0

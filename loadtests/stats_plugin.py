@@ -8,6 +8,12 @@ process, the user count and its CPU use. Seconds without requests produce a reco
 generator stalled, not that it was idle. Without the variable the plugin does nothing,
 so the locustfile still runs with plain ``locust -f``.
 
+A request counts in the second in which it started, not the one in which it completed:
+a request that hangs through a network partition belongs to the phase that caused the
+hang. A request that completes after its start second was written goes into an extra
+record for that second, marked ``late``, in the next flush that writes a new second.
+Readers that sum records by ``ts`` count it there.
+
 Where the records go:
 - a single process (`LocalRunner`) appends them to ``stats-<pid>.jsonl`` in the folder;
 - a worker (``--processes N`` or ``--worker`` on any machine) sends them to its master as
@@ -38,7 +44,8 @@ from loadtests.records import STATS_DIR_VARIABLE, EndpointSecond, failure_kind
 logger = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 0.25
-"""How often completed seconds are written; a record is late by at most this much plus transport."""
+"""How often completed seconds are written. A regular record follows the end of its second by at most
+this long plus transport; a late record waits for the first flush that writes a new second."""
 MESSAGE_TYPE = "stormgate_second"
 """Custom Locust message that carries one worker's record to the master."""
 
@@ -51,15 +58,37 @@ class SecondWriter:
     def __init__(self, environment: Environment, *, path: Path | None) -> None:
         self.environment = environment
         self.buckets: dict[int, dict[str, EndpointSecond]] = {}
+        """Requests by start second, for the seconds not yet written."""
+        self.late_buckets: dict[int, dict[str, EndpointSecond]] = {}
+        """Requests by start second, for seconds already written: they go out as late records."""
         self.next_second = int(time.time())
         self.source = f"{socket.gethostname()}:{os.getpid()}"
         self.process = psutil.Process()
         self.process.cpu_percent(None)  # The first call only starts the measurement.
         self.file: IO[str] | None = path.open("a", encoding="utf-8") if path is not None else None
 
-    def record(self, name: str, response_time_ms: float, exception: BaseException | None, response: Any) -> None:
-        second = int(time.time())
-        endpoints = self.buckets.setdefault(second, {})
+    def record(
+        self,
+        name: str,
+        response_time_ms: float,
+        exception: BaseException | None,
+        response: Any,
+        *,
+        start_time: float | None = None,
+    ) -> None:
+        """Count one completed request in the second of `start_time` (UTC epoch seconds).
+
+        Without `start_time`, the start is the completion time minus the response time.
+        """
+        if start_time is None:
+            start_time = time.time() - response_time_ms / 1000
+        second = int(start_time)
+        # NOTE: a request still in flight when the process quits is never counted, and a
+        # reader that aggregates a window before its hung requests complete misses them.
+        buckets = self.buckets if second >= self.next_second else self.late_buckets
+        endpoints = buckets.get(second)
+        if endpoints is None:
+            endpoints = buckets[second] = {}
         endpoint = endpoints.get(name)
         if endpoint is None:
             # Not setdefault: a new HDR histogram allocates its counts array, about 0.1 ms each.
@@ -67,12 +96,30 @@ class SecondWriter:
         endpoint.record(response_time_ms, failure_kind(exception, response) if exception is not None else None)
 
     def flush(self, *, include_current: bool = False) -> None:
-        """Emit every completed second, empty ones included, in order."""
+        """Emit the pending late records, then every completed second, empty ones included, in order.
+
+        Late records go out only together with at least one new second (or on close), and
+        before it. So a reader that keeps the record with the highest ``ts`` of a source as its
+        newest, such as the exporter's user and CPU gauges, never keeps a late record.
+        """
         last = int(time.time()) if include_current else int(time.time()) - 1
         runner = self.environment.runner
         users = runner.user_count if runner is not None else 0
-        if self.next_second > last:
+        if self.next_second > last and not include_current:
             return
+        for second in sorted(self.late_buckets):
+            endpoints = self.late_buckets[second]
+            late_line = {
+                "ts": second,
+                "pid": os.getpid(),
+                "source": self.source,
+                "users": 0,
+                "cpu_percent": None,
+                "late": True,
+                "endpoints": {name: bucket.to_json() for name, bucket in endpoints.items()},
+            }
+            self.emit(late_line)
+        self.late_buckets.clear()
         cpu_percent = self.process.cpu_percent(None)
         while self.next_second <= last:
             second = self.next_second
@@ -177,10 +224,17 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
 
 
 def _on_request(
-    name: str, response_time: float, exception: BaseException | None = None, response: Any = None, **_kwargs: Any
+    name: str,
+    response_time: float,
+    exception: BaseException | None = None,
+    response: Any = None,
+    start_time: float | None = None,
+    **_kwargs: Any,
 ) -> None:
+    # Locust 2.x HttpSession and FastHttpSession pass `start_time` as epoch seconds;
+    # requests fired by custom clients may leave it out.
     if _writer is not None:
-        _writer.record(name, response_time, exception, response)
+        _writer.record(name, response_time, exception, response, start_time=start_time)
 
 
 def _on_quitting(**_kwargs: Any) -> None:

@@ -102,9 +102,11 @@ def observed_run(target: str, tmp_path_factory: pytest.TempPathFactory) -> Obser
 
 
 def records_by_source(records: list[SecondRecord]) -> dict[str, list[int]]:
+    """Return the seconds of the regular records of each source; late records repeat a second."""
     seconds: dict[str, list[int]] = defaultdict(list)
     for record in records:
-        seconds[record.source_key].append(record.ts)
+        if not record.late:
+            seconds[record.source_key].append(record.ts)
     return seconds
 
 
@@ -126,7 +128,7 @@ def test_stream_seconds_follow_wall_clock(observed_run: ObservedRun) -> None:
 
 
 def test_records_carry_cpu_percent(observed_run: ObservedRun) -> None:
-    assert all(record.cpu_percent is not None for record in observed_run.records)
+    assert all(record.cpu_percent is not None for record in observed_run.records if not record.late)
 
 
 def test_set_users_changes_user_count(observed_run: ObservedRun) -> None:
@@ -174,6 +176,108 @@ def test_master_collects_records_of_two_workers(target: str, tmp_path: Path) -> 
     assert len(sources) == 2
     assert all(any(source.endswith(f":{pid}") for source in sources) for pid in pids)
     assert runner.stream.window(0, time.time() + 1).requests > 0
+
+
+# ----- requests counted by start second -----
+
+SLOW_TARGET = textwrap.dedent(
+    """
+    import sys, time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    port, slow_log, slow_s = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/slow":
+                with open(slow_log, "a") as log:
+                    log.write(f"{time.time()}\\n")
+                time.sleep(slow_s)
+            body = b"ok\\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    """
+)
+
+SLOW_LOCUSTFILE = textwrap.dedent(
+    """
+    import time
+    from locust import FastHttpUser, constant, task
+    import loadtests.stats_plugin
+    from loadtests.shapes import EnvironmentShape
+
+    STARTED = time.monotonic()
+
+    class ProbeUser(FastHttpUser):
+        wait_time = constant(0.1)
+        slow_sent = False
+
+        @task
+        def probe(self):
+            # One request to /slow, 2 s into the run, while the other user goes on with /fast.
+            if not ProbeUser.slow_sent and time.monotonic() - STARTED > 2:
+                ProbeUser.slow_sent = True
+                self.client.get("/slow", name="/slow")
+            else:
+                self.client.get("/fast", name="/fast")
+    """
+)
+
+
+def test_slow_request_counts_in_start_second(tmp_path: Path) -> None:
+    slow_s = 3.0
+    slow_log = tmp_path / "slow-requests.log"
+    (tmp_path / "slow_target.py").write_text(SLOW_TARGET)
+    locustfile = tmp_path / "slow_locustfile.py"
+    locustfile.write_text(SLOW_LOCUSTFILE)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(tmp_path / "slow_target.py"), str(port), str(slow_log), str(slow_s)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port)
+        runner = LocustRunner(
+            host=f"http://127.0.0.1:{port}", users=2, spawn_rate=10, run_time_s=60, workdir=tmp_path / "work",
+            locustfile=locustfile,
+        )  # fmt: skip
+        with runner:
+            runner.wait_for_first_record()
+            deadline = time.monotonic() + 30
+            while not slow_log.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert slow_log.exists(), runner.log_tail()
+            received_wall = float(slow_log.read_text().split()[0])
+            # Wait until the slow request has completed and the plugin has flushed a few times more.
+            time.sleep(max(0.0, received_wall + slow_s + 2.5 - time.time()))
+            runner.stream.poll()
+            problems = runner.health_problems()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    records = runner.stream.records
+    slow_records = [record for record in records if "/slow" in record.endpoints]
+    completed_second = int(received_wall + slow_s)
+    assert len(slow_records) == 1
+    slow_record = slow_records[0]
+    # On loopback the client starts the request well under 0.5 s before the server receives it.
+    assert int(received_wall - 0.5) <= slow_record.ts <= int(received_wall)
+    assert slow_record.ts < completed_second
+    assert slow_record.late
+    assert slow_record.endpoints["/slow"].max_us >= slow_s * 1_000_000
+    assert runner.stream.window(slow_record.ts, slow_record.ts + 1).latency_ms(1.0) >= slow_s * 1000
+    assert runner.stream.window(completed_second, completed_second + 1).latency_ms(1.0) < slow_s * 1000
+    for source, seconds in records_by_source(records).items():
+        assert sorted(seconds) == list(range(min(seconds), max(seconds) + 1)), source
+    assert problems == []
 
 
 # ----- errors and health -----
