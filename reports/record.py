@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,11 @@ from slo.model import SloResult, Verdict, combine
 from slo.recovery import ClockResult
 
 logger = logging.getLogger(__name__)
+
+
+def new_run_id() -> str:
+    """Return a new run id: the UTC start time and four random hex digits, such as 20261204T213231Z-1a2b."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
 class PhaseWindow(BaseModel):

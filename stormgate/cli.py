@@ -182,7 +182,7 @@ def run_command(pytest_args: list[str]) -> int:
     """Run pytest on the scenarios folder and map this run's verdict to an exit code."""
     import pytest
 
-    from stormgate.plugin import new_run_id
+    from reports.record import new_run_id
 
     scenario_dir = Path(__file__).resolve().parent.parent / "scenarios"
     selected = [arg for arg in pytest_args if not arg.startswith("-") and Path(arg).exists()]

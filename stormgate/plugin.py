@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import random
-import secrets
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import pytest
 from chaos.ledger import Ledger
 from reports.history import append_history
 from reports.html import write_html
-from reports.record import RunRecord, ScenarioResult
+from reports.record import RunRecord, ScenarioResult, new_run_id
 from reports.summary import render_summary
 from sandbox.environment import state_root
 from slo.model import Verdict
@@ -31,10 +30,6 @@ from stormgate.targets import OpenedTarget, add_target_options, check_target_opt
 logger = logging.getLogger(__name__)
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
 @dataclass
