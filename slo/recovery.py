@@ -189,6 +189,14 @@ def slo_clock(
             reason=f"Prometheus returned {len(after)} points after the injection; query: {query}",
         )  # fmt: skip
     recovered_at = first_stable_time(after, threshold=min_success_ratio, stability_s=stability_s)
+    observed_s = after[-1][0] - injected_wall
+    if recovered_at is None and observed_s < limit_s:
+        # The series ends before the limit: the clock might still have stopped in time.
+        return ClockResult(
+            name="slo", fault_id=fault_id, verdict=Verdict.INCONCLUSIVE, measured_s=None, limit_s=limit_s,
+            reason=f"Prometheus covers only {observed_s:.1f} s after the injection, less than the limit; "
+            f"lengthen the steady phase; query: {query}",
+        )  # fmt: skip
     if recovered_at is None:
         return ClockResult(
             name="slo", fault_id=fault_id, verdict=Verdict.FAIL, measured_s=None, limit_s=limit_s,

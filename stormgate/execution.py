@@ -74,6 +74,7 @@ class ScenarioExecution:
         self.clock_start_wall = 0.0
         """When the recovery clocks start: the injection of a one-off fault, the end of a lasting one."""
         self.aborted = False
+        self.reverted_elsewhere = False
         self.load_unhealthy = False
         self.baseline_rps: float | None = float(spec.load.users)
         """Request rate of the baseline phase; until it is measured, the rate the users are meant to send."""
@@ -140,6 +141,8 @@ class ScenarioExecution:
             self.result.timeline = self.timeline.events
         if self.aborted:
             extra.append(Verdict.FAIL)
+        if self.reverted_elsewhere:
+            extra.append(Verdict.INCONCLUSIVE)
         self.result.decide(extra)
         logger.info("Run %s: scenario %s verdict %s.", self.context.run_id, self.spec.name, self.result.verdict.value)
         return self.result
@@ -243,6 +246,14 @@ class ScenarioExecution:
                 self._start_platform_clock(plan, started_monotonic=guard.inject_result.monotonic_time)
             guard.verify()
             self._phase(load, Phase.CHAOS, self.spec.phases.chaos_s, started_wall=self.injected_wall, guard=guard)
+            if guard.reverted_by is None and self._reverted_elsewhere(plan.fault_id):
+                # Another process (stormgate cleanup --force) removed the fault: the platform was
+                # not under the planned fault for the whole phase, so its result proves nothing.
+                self.reverted_elsewhere = True
+                self.result.reasons.append(
+                    f"Fault {plan.fault_id} was reverted by another process before the chaos phase ended, "
+                    "so the platform was not under the planned fault and the scenario cannot be judged."
+                )
         self.result.faults.append(
             {
                 "plan": plan.model_dump(mode="json"),
@@ -258,6 +269,10 @@ class ScenarioExecution:
             # A lasting fault (partition, flood, repeated kills): the platform can only recover once it ends.
             self.clock_start_wall = time.time()
             self._start_platform_clock(plan, started_monotonic=time.monotonic())
+
+    def _reverted_elsewhere(self, fault_id: str) -> bool:
+        """Return True when the ledger marks the fault reverted although this run's guard did not revert it."""
+        return any(entry.fault_id == fault_id and entry.state == "reverted" for entry in self.context.ledger.entries())
 
     def _start_platform_clock(self, plan: FaultPlan, *, started_monotonic: float) -> None:
         self.clock = PlatformClock(
@@ -387,12 +402,13 @@ class ScenarioExecution:
         total = f"sum(increase({spec.prometheus.total}[{window_s}s]))"
         query = f"1 - {errors} / {total}"
         end = self.windows[Phase.STEADY][1]
-        self.prometheus.wait_for_scrape_after(end)
+        # Points are shifted back by the window below, so the range runs one window past the end.
+        self.prometheus.wait_for_scrape_after(end + window_s)
         try:
             series = self.prometheus.client.custom_query_range(
                 query,
                 start_time=datetime.fromtimestamp(self.clock_start_wall, UTC),
-                end_time=datetime.fromtimestamp(end, UTC),
+                end_time=datetime.fromtimestamp(end + window_s, UTC),
                 step=f"{self.prometheus.scrape_interval_s:g}s",
             )
         except (requests.RequestException, PrometheusApiClientException) as error:

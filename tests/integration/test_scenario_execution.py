@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from reports.record import ScenarioResult
 from sandbox.environment import Sandbox
 from slo.model import Phase, Verdict
 from slo.prometheus import PrometheusSource
+from stormgate.cleanup import revert_leftovers
 from stormgate.execution import RunContext, ScenarioExecution
 from stormgate.scenario import ScenarioSpec, load_scenario
 from tests.conftest import requires_sandbox
@@ -95,3 +98,24 @@ def test_kill_switch_aborts_chaos(make_sandbox: Callable[..., Sandbox], tmp_path
     assert any(reason.startswith("Kill switch: client success ratio") for reason in result.reasons)
     chaos_start, chaos_end = next((p.start, p.end) for p in result.phases if p.phase == "chaos")
     assert chaos_end - chaos_start < SHORT_PHASES["chaos_s"]
+
+
+def test_fault_removed_by_cleanup_is_inconclusive(make_sandbox: Callable[..., Sandbox], tmp_path: Path) -> None:
+    sandbox = make_sandbox(replicas=3)
+    spec = short_replica_loss(fault={"kind": "partition", "mode": "isolate", "count": 1, "duration_s": 5})
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+
+    def force_cleanup_once_injected() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not ledger.open_entries():
+            time.sleep(0.2)
+        time.sleep(1.0)
+        revert_leftovers(ledger, SandboxTarget(sandbox), force=True)
+
+    cleaner = threading.Thread(target=force_cleanup_once_injected, daemon=True)
+    cleaner.start()
+    result = execute(sandbox, spec, tmp_path)
+    cleaner.join(timeout=10)
+
+    assert result.verdict == Verdict.INCONCLUSIVE, result.reasons
+    assert any("was reverted by another process" in reason for reason in result.reasons)

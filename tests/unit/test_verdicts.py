@@ -121,4 +121,5 @@ def test_slo_clock_never_exceeds_observed_time(values: list[float], stability_s:
     if result.measured_s is not None:
         assert 0.0 <= result.measured_s <= observed_until - 100.0
     else:
-        assert result.verdict == Verdict.FAIL
+        assert result.verdict in (Verdict.FAIL, Verdict.INCONCLUSIVE)
+        assert result.verdict == (Verdict.INCONCLUSIVE if observed_until - 100.0 < 30 else Verdict.FAIL)
