@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from chaos.safety import DEFAULT_MAX_SHARE
+from chaos.safety import DEFAULT_MAX_SHARE, check_share, requested_count
 from chaos.targets.base import Instance, Target
 from reports.timeline import Timeline
 from stormgate.errors import StormgateError, UsageError
@@ -51,6 +51,18 @@ class SelectionSpec(BaseModel):
             kind = getattr(self, "kind", "the fault")
             raise ValueError(f"{kind} takes count ({self.count}) or share ({self.share}), not both")
         return self
+
+    def checked_count(self, *, available: int, fault: str) -> int:
+        """Return how many of `available` instances to act on; raise SafetyViolation above the cap."""
+        requested = requested_count(count=self.count, share=self.share, available=available)
+        check_share(
+            requested=requested,
+            available=available,
+            max_share=self.max_share,
+            allow_all=self.allow_all,
+            fault=fault,
+        )
+        return requested
 
 
 class FaultRevertFailed(StormgateError, RuntimeError):

@@ -12,9 +12,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from chaos.faults.base import Fault, FaultPlan, InjectResult, RevertResult, SelectionSpec, VerifyResult, check_ids
 from chaos.safety import (
-    check_share,
     eligible_instances,
-    requested_count,
     select_instances,
     share_cap,
 )
@@ -114,14 +112,7 @@ class InstanceKill(Fault[InstanceKillPlan]):
     def plan(self, target: Target, *, fault_id: str, seed: int, run_id: str = "") -> InstanceKillPlan:
         check_ids(fault_id=fault_id, run_id=run_id)
         candidates = eligible_instances(target)
-        wanted = requested_count(count=self.spec.count, share=self.spec.share, available=len(candidates))
-        check_share(
-            requested=wanted,
-            available=len(candidates),
-            max_share=self.spec.max_share,
-            allow_all=self.spec.allow_all,
-            fault=f"instance-kill on {target.name}",
-        )
+        wanted = self.spec.checked_count(available=len(candidates), fault=f"instance-kill on {target.name}")
         chosen = select_instances(candidates, wanted, selection=self.spec.selection, seed=seed)
         return InstanceKillPlan(
             fault_id=fault_id,

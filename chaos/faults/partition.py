@@ -34,7 +34,7 @@ from chaos.faults.base import (
     check_ids,
 )
 from chaos.netfilter import ConnectionCheck
-from chaos.safety import check_share, eligible_instances, requested_count, select_instances
+from chaos.safety import eligible_instances, select_instances
 from chaos.targets.base import NetworkTarget, Target
 from stormgate.errors import FaultNotEffective, UsageError
 
@@ -121,14 +121,7 @@ class Partition(Fault[PartitionPlan]):
         check_ids(fault_id=fault_id, run_id=run_id)
         network = network_target(target)
         candidates = eligible_instances(target)
-        wanted = requested_count(count=self.spec.count, share=self.spec.share, available=len(candidates))
-        check_share(
-            requested=wanted,
-            available=len(candidates),
-            max_share=self.spec.max_share,
-            allow_all=self.spec.allow_all,
-            fault=f"partition on {target.name}",
-        )
+        wanted = self.spec.checked_count(available=len(candidates), fault=f"partition on {target.name}")
         chosen = select_instances(candidates, wanted, selection=self.spec.selection, seed=seed)
         chosen_names = {instance.name for instance in chosen}
         others = [

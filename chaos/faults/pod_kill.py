@@ -17,7 +17,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, Field, model_validator
 
 from chaos.faults.base import Fault, FaultPlan, InjectResult, RevertResult, SelectionSpec, VerifyResult, check_ids
-from chaos.safety import check_share, requested_count, share_cap
+from chaos.safety import share_cap
 from chaos.targets.base import Target
 from chaos.targets.kube_watch import Observation
 from chaos.targets.kubernetes import KubernetesTarget, PodInstance
@@ -150,14 +150,7 @@ class PodKill(Fault[PodKillPlan]):
         check_ids(fault_id=fault_id, run_id=run_id)
         kube = kubernetes_target(target, self.kind)
         candidates = self._candidates(kube)
-        wanted = requested_count(count=self.spec.count, share=self.spec.share, available=len(candidates))
-        check_share(
-            requested=wanted,
-            available=len(candidates),
-            max_share=self.spec.max_share,
-            allow_all=self.spec.allow_all,
-            fault=f"pod-kill on {target.name}",
-        )
+        wanted = self.spec.checked_count(available=len(candidates), fault=f"pod-kill on {target.name}")
         chosen = _pick(candidates, wanted, selection=self.spec.selection, seed=seed)
         return PodKillPlan(
             fault_id=fault_id,
