@@ -265,7 +265,9 @@ class PrometheusSource:
         self, spec: SloSpec, selectors: PrometheusSelectors, query_range: QueryRange, result: SloResult
     ) -> None:
         """Fill in `result` for a latency SLO; raise InconclusiveResult without data."""
-        assert selectors.buckets is not None and spec.quantile is not None and spec.max_latency_ms is not None
+        assert selectors.buckets is not None
+        assert spec.quantile is not None
+        assert spec.max_latency_ms is not None
         # One evaluation at the window's end whose increase() range is the whole window: the
         # quantile of every observation in it, with restarts handled per bucket series.
         buckets_query = bucket_increase_query(selectors.buckets, query_range.span_s)

@@ -1,4 +1,4 @@
-"""What every fault kind has in common: plan, inject, verify, revert, and the lifetime of its effect.
+"""The interface of every fault kind: plan, inject, verify, revert, and the lifetime of its effect.
 
 A fault object carries one injection at a time. `plan` has no side effects, so a dry run can
 print it. `revert` works from the plan alone, so a later process (cleanup after a crash) can

@@ -1,4 +1,4 @@
-"""What a fault acts on: the protocol every platform target implements."""
+"""Fault targets: the protocol that every platform (sandbox, Kubernetes) implements."""
 
 from __future__ import annotations
 
