@@ -65,8 +65,8 @@ def parent_death_signal(sig: signal.Signals = signal.SIGTERM) -> Callable[[], No
     """Return a `preexec_fn` that makes the child receive `sig` when this process dies; None off Linux.
 
     The kernel sends the signal when the thread that forked the child ends, not the whole
-    process. The harness starts its load processes from the main thread, whose end is the end
-    of the process; a child started from another thread gets the signal when that thread ends.
+    process. The harness starts its load processes from the main thread, so the signal comes
+    when the harness ends. A child started from another thread gets it when that thread ends.
     The setting survives exec but not fork, so the workers that Locust forks for
     ``--processes`` get no signal; the Locust master stops them when it gets SIGTERM.
     """
@@ -90,7 +90,7 @@ def require_loopback(url: str, *, allowed_hosts: tuple[str, ...] = ()) -> None:
     """Raise UsageError unless the URL's host resolves only to loopback addresses.
 
     `allowed_hosts` lists host names that the user named explicitly as load targets, such
-    as the Service URL of a cluster target (`--load-url`); only those may leave loopback.
+    as the Service URL of a cluster target (`--load-url`). Only those may be outside loopback.
     """
     host = urllib.parse.urlsplit(url).hostname
     if not host:

@@ -44,8 +44,8 @@ from loadtests.records import STATS_DIR_VARIABLE, EndpointSecond, failure_kind
 logger = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 0.25
-"""How often completed seconds are written. A regular record follows the end of its second by at most
-this long plus transport; a late record waits for the first flush that writes a new second."""
+"""How often completed seconds are written. A regular record is written at most this long after
+its second ends, plus transport. A late record waits for the first flush that writes a new second."""
 MESSAGE_TYPE = "stormgate_second"
 """Custom Locust message that carries one worker's record to the master."""
 

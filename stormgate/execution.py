@@ -394,6 +394,7 @@ class ScenarioExecution:
             candidates = [spec for spec in candidates if spec.name == recovery.slo]
         if not candidates or self.prometheus is None:
             return None
+
         spec = candidates[0]
         assert spec.prometheus is not None
         # Three scrape intervals per rate window: increase() needs two samples, one more absorbs jitter.
@@ -401,6 +402,7 @@ class ScenarioExecution:
         errors = f"sum(increase({spec.prometheus.errors}[{window_s}s]))"
         total = f"sum(increase({spec.prometheus.total}[{window_s}s]))"
         query = f"1 - {errors} / {total}"
+
         end = self.windows[Phase.STEADY][1]
         # Points are shifted back by the window below, so the range runs one window past the end.
         self.prometheus.wait_for_scrape_after(end + window_s)
@@ -416,6 +418,7 @@ class ScenarioExecution:
                 name="slo", fault_id=self.fault_id, verdict=Verdict.INCONCLUSIVE, measured_s=None,
                 limit_s=recovery.slo_s, reason=f"Prometheus failed to answer: {str(error)[:300]}; query: {query}",
             )  # fmt: skip
+
         points = [(float(stamp), float(value)) for sample in series for stamp, value in sample["values"]]
         # Each point counts the errors of the `window_s` before it, so the series lags the clients by the window.
         return slo_clock(
